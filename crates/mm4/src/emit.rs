@@ -104,6 +104,29 @@ impl Writer {
         self.folded(name, &encode_words(value))
     }
 
+    /// A value kept as received (extension headers, ids of applications): ASCII goes out as it
+    /// came in, encoded-words included, so relaying it twice changes nothing; raw 8-bit text
+    /// received from a sloppy peer is encoded once.
+    fn raw(&mut self, name: &str, value: &str) -> Result<(), EmitError> {
+        if has_ctl(value) {
+            return Err(EmitError::ControlChar {
+                header: name.into(),
+            });
+        }
+        if value.is_ascii() {
+            self.folded(name, value)
+        } else {
+            self.folded(name, &encode_words(value))
+        }
+    }
+
+    fn opt_raw(&mut self, name: &str, v: &Option<String>) -> Result<(), EmitError> {
+        match v {
+            Some(s) => self.raw(name, s),
+            None => Ok(()),
+        }
+    }
+
     fn id(&mut self, name: &str, value: &str, quote: bool) -> Result<(), EmitError> {
         if value.is_empty() {
             return Err(EmitError::Empty {
@@ -288,9 +311,9 @@ pub fn emit(pdu: &Pdu<'_>, profile: &Profile) -> Result<Vec<u8>, EmitError> {
         w.opt_text("X-Mms-Status-Text", &r.status_text)
     };
     let applic = |w: &mut Writer, a: &ApplicIds| -> Result<(), EmitError> {
-        w.opt_text("X-Mms-Applic-ID", &a.applic_id)?;
-        w.opt_text("X-Mms-Reply-Applic-ID", &a.reply_applic_id)?;
-        w.opt_text("X-Mms-Aux-Applic-Info", &a.aux_applic_info)
+        w.opt_raw("X-Mms-Applic-ID", &a.applic_id)?;
+        w.opt_raw("X-Mms-Reply-Applic-ID", &a.reply_applic_id)?;
+        w.opt_raw("X-Mms-Aux-Applic-Info", &a.aux_applic_info)
     };
     let caps = |w: &mut Writer, c: &Capabilities| -> Result<(), EmitError> {
         if !c.versions.is_empty() {
@@ -329,13 +352,13 @@ pub fn emit(pdu: &Pdu<'_>, profile: &Profile) -> Result<Vec<u8>, EmitError> {
             w.opt_token("X-Mms-Sender-Visibility", f.sender_visibility)?;
             w.opt_token("X-Mms-Forward-Counter", f.forward_counter)?;
             for p in &f.previously_sent_by {
-                w.text("X-Mms-Previously-sent-by", p)?;
+                w.raw("X-Mms-Previously-sent-by", p)?;
             }
             for p in &f.previously_sent_date {
-                w.text("X-Mms-Previously-sent-date-and-time", p)?;
+                w.raw("X-Mms-Previously-sent-date-and-time", p)?;
             }
             w.opt_token("X-Mms-Reply-Charging", f.reply_charging)?;
-            w.opt_text("X-Mms-Reply-Charging-Deadline", &f.reply_charging_deadline)?;
+            w.opt_raw("X-Mms-Reply-Charging-Deadline", &f.reply_charging_deadline)?;
             w.opt_token("X-Mms-Reply-Charging-Size", f.reply_charging_size)?;
             if let Some(id) = &f.reply_charging_id {
                 w.id("X-Mms-Reply-Charging-ID", id, q)?;
@@ -350,7 +373,7 @@ pub fn emit(pdu: &Pdu<'_>, profile: &Profile) -> Result<Vec<u8>, EmitError> {
         }
         Kind::DeliveryReportReq(d) => {
             w.structured("X-Mms-MM-Status-Code", d.mm_status.as_str())?;
-            w.opt_text("X-Mms-MM-Status-Extension", &d.mm_status_extension)?;
+            w.opt_raw("X-Mms-MM-Status-Extension", &d.mm_status_extension)?;
             w.opt_text("X-Mms-Status-Text", &d.status_text)?;
             w.opt_bool("X-Mms-Forward-To-Originator-UA", d.forward_to_originator_ua)?;
             applic(&mut w, &d.applic)?;
@@ -374,7 +397,7 @@ pub fn emit(pdu: &Pdu<'_>, profile: &Profile) -> Result<Vec<u8>, EmitError> {
         w.structured("X-Mms-Originator-System", &o.to_string())?;
     }
     for h in &pdu.extensions {
-        w.text(&h.name, &h.value)?;
+        w.raw(&h.name, &h.value)?;
     }
     match &pdu.body {
         Some(body) => {
@@ -396,10 +419,10 @@ pub fn emit(pdu: &Pdu<'_>, profile: &Profile) -> Result<Vec<u8>, EmitError> {
 /// Copies body bytes, turning any bare LF or bare CR into CRLF (canonical line ends); a body that
 /// is already canonical is copied in one piece.
 fn write_crlf(out: &mut Vec<u8>, body: &[u8]) {
-    let canonical = body.iter().enumerate().all(|(i, &b)| match b {
+    // Only line-end octets need a look; memchr finds them at memory speed.
+    let canonical = memchr::memchr2_iter(b'\r', b'\n', body).all(|i| match body[i] {
         b'\n' => i > 0 && body[i - 1] == b'\r',
-        b'\r' => body.get(i + 1) == Some(&b'\n'),
-        _ => true,
+        _ => body.get(i + 1) == Some(&b'\n'),
     });
     if canonical {
         out.extend_from_slice(body);

@@ -109,7 +109,7 @@ pub fn split(input: &[u8]) -> Result<Split<'_>, HeaderError> {
 
     while pos < input.len() {
         line_no += 1;
-        let line_end = match memchr(b'\n', &input[pos..]) {
+        let line_end = match memchr::memchr(b'\n', &input[pos..]) {
             Some(i) => pos + i + 1,
             None => input.len(),
         };
@@ -171,10 +171,6 @@ fn trim_eol(line: &[u8]) -> &[u8] {
         l = rest;
     }
     l
-}
-
-pub(crate) fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == needle)
 }
 
 #[cfg(test)]

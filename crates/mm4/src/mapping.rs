@@ -115,7 +115,7 @@ pub fn smtp_reply(stage: Stage, code: u16, text: &str, xmm4: bool) -> Outcome {
         if let Some(v) = mm4_verdict(text) {
             return if v == RequestStatus::Ok && code < 400 {
                 Outcome::Accepted
-            } else if code >= 400 && code < 500 || v.is_transient() {
+            } else if (400..500).contains(&code) || v.is_transient() {
                 Outcome::Retry
             } else {
                 Outcome::Fail(v)

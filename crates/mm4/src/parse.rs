@@ -271,7 +271,7 @@ impl Builder {
                 } else {
                     match v.parse::<Address>() {
                         Ok(a) => self.from = Some(a),
-                        Err(e) if self.from_is_mandatory() => return Err(invalid("From", e)),
+                        Err(e) if self.requires_from() => return Err(invalid("From", e)),
                         Err(_) => self.keep(field, v),
                     }
                 }
@@ -286,9 +286,16 @@ impl Builder {
                 .cc
                 .extend(Address::parse_list(v).map_err(|e| invalid("Cc", e))?),
             "sender" => opt!(self.sender, v.parse::<Address>()),
+            // A RES never requests an ack (SPEC §5): the field is ignored there, not relayed.
+            "x-mms-ack-request" if self.mt.is_response() => {}
             "x-mms-ack-request" => opt!(self.ack_request, parse_bool(v)),
             "x-mms-originator-system" => opt!(self.originator_system, v.parse::<Address>()),
-            "x-mms-message-id" if self.mm_message_id.is_none() => {
+            // The read-reply RES has no X-Mms-Message-ID (SPEC §2): one a peer adds anyway is
+            // passed through where it stands.
+            "x-mms-message-id"
+                if self.mm_message_id.is_none()
+                    && !matches!(self.mt, M::ReadReplyRes | M::CapabilityReq) =>
+            {
                 self.mm_message_id = Some(unquote(v).to_string())
             }
             "x-mms-request-status-code" if self.mt.is_response() => {
@@ -301,7 +308,9 @@ impl Builder {
                     );
                 }
             }
-            "x-mms-status-text" if self.status_text.is_none() => {
+            "x-mms-status-text"
+                if self.status_text.is_none() && (self.mt.is_response() || is_report_req) =>
+            {
                 self.status_text = Some(decode_unstructured(v))
             }
             "x-mms-mm-status-code" | "x-mms-status"
@@ -403,16 +412,24 @@ impl Builder {
             }
             // Regenerated on output from the body.
             "mime-version" => {}
-            "content-type" if self.content_type.is_none() => self.content_type = Some(v.into()),
-            "content-transfer-encoding" if self.transfer_encoding.is_none() => {
-                self.transfer_encoding = Some(v.into())
+            // Two of these make the MIME structure ambiguous (RFC 5322 §3.6 allows one each);
+            // receivers that pick different ones would see different messages.
+            "content-type" => {
+                if self.content_type.replace(v.into()).is_some() {
+                    return Err(invalid("Content-Type", "repeated"));
+                }
+            }
+            "content-transfer-encoding" => {
+                if self.transfer_encoding.replace(v.into()).is_some() {
+                    return Err(invalid("Content-Transfer-Encoding", "repeated"));
+                }
             }
             _ => self.keep(field, v),
         }
         Ok(())
     }
 
-    fn from_is_mandatory(&self) -> bool {
+    fn requires_from(&self) -> bool {
         matches!(
             self.mt,
             MessageType::ForwardReq | MessageType::DeliveryReportReq | MessageType::ReadReplyReq
@@ -444,7 +461,7 @@ impl Builder {
                 status_text: b.status_text.take(),
             })
         };
-        if self.from_is_mandatory() && self.from.is_none() {
+        if self.requires_from() && self.from.is_none() {
             return Err(ParseError::Missing { header: "From" });
         }
         let kind = match self.mt {
@@ -459,16 +476,7 @@ impl Builder {
             }
             M::ForwardRes => Kind::ForwardRes(response(&mut self, true)?),
             M::DeliveryReportRes => Kind::DeliveryReportRes(response(&mut self, true)?),
-            M::ReadReplyRes => {
-                // The RES has no X-Mms-Message-ID (SPEC §2); pass one through if a peer adds it.
-                if let Some(id) = self.mm_message_id.take() {
-                    self.extensions.push(ExtensionHeader {
-                        name: "X-Mms-Message-ID".into(),
-                        value: id,
-                    });
-                }
-                Kind::ReadReplyRes(response(&mut self, false)?)
-            }
+            M::ReadReplyRes => Kind::ReadReplyRes(response(&mut self, false)?),
             M::CapabilityRes => {
                 let r = response(&mut self, true)?;
                 Kind::CapabilityRes(r, std::mem::take(&mut self.caps))
@@ -506,13 +514,6 @@ impl Builder {
                 })
             }
         };
-        // Fields typed for no PDU of this kind are passed through.
-        if let Some(id) = self.mm_message_id.take() {
-            self.extensions.push(ExtensionHeader {
-                name: "X-Mms-Message-ID".into(),
-                value: id,
-            });
-        }
         let body = if self.content_type.is_some()
             || self.transfer_encoding.is_some()
             || !body_bytes.is_empty()
@@ -580,6 +581,16 @@ mod tests {
             "Grüße vom Strand"
         );
         assert_eq!(decode_unstructured("plain"), "plain");
+    }
+
+    #[test]
+    fn repeated_content_type_is_refused() {
+        let m = b"X-Mms-3GPP-MMS-Version: 6.16.0\r\nX-Mms-Message-Type: MM4_forward.RES\r\n\
+X-Mms-Transaction-ID: T\r\nX-Mms-Request-Status-Code: Ok\r\nContent-Type: text/plain\r\n\
+Content-Type: text/html\r\n\r\n";
+        let e = parse(m).unwrap_err();
+        assert_eq!(e.header(), Some("Content-Type"));
+        assert_eq!(e.status(), RequestStatus::ErrorMessageFormatCorrupt);
     }
 
     #[test]
