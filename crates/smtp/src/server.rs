@@ -1,0 +1,922 @@
+//! The sans-IO ESMTP server session: bytes in, replies and events out.
+//!
+//! The driver feeds what it read ([`Session::input_buffer`]), then calls [`Session::poll`] until
+//! it returns [`Step::NeedInput`], writing [`Session::take_output`] before each read: replies to
+//! pipelined commands therefore leave in one write per command group. A complete message comes
+//! out as [`Step::Message`]; the driver stores it and hands the verdict back with
+//! [`Session::message_done`] — the `250` is never produced by the session itself.
+//!
+//! The defences of the reliability bar live here, so that each can be tested byte by byte:
+//! strict end of data (only CRLF.CRLF; bare CR or LF refuses the message), bounded command and
+//! data lines, recipient and size limits, pipelining synchronisation, STARTTLS buffer discard and
+//! state reset, NUL in commands, non-ASCII addresses without SMTPUTF8, hop count, error count.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use smtp_proto::{Error as ProtoError, Request};
+
+use crate::reply::{codes, Reply};
+
+/// Limits and identity of a listener. Every limit has a safe default.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Name in the greeting and the EHLO answer.
+    pub hostname: String,
+    pub max_message_size: usize,
+    pub max_recipients: usize,
+    /// Command lines up to this length are accepted (RFC 5321 says 512; peers send longer).
+    pub max_command_line: usize,
+    /// Data lines longer than this refuse the message (RFC 5321 §4.5.3.1.6).
+    pub max_data_line: usize,
+    /// Errors after which the session is closed.
+    pub max_errors: u32,
+    /// `Received:` headers beyond this refuse the message as a loop.
+    pub max_received: usize,
+    /// STARTTLS is offered (a certificate is configured).
+    pub tls_available: bool,
+    /// Versions advertised in `XMM4 V=…`; empty disables the XMM4 extension.
+    pub xmm4_versions: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            hostname: "localhost".into(),
+            max_message_size: 2 * 1024 * 1024,
+            max_recipients: 100,
+            max_command_line: 2048,
+            max_data_line: 998,
+            max_errors: 20,
+            max_received: 50,
+            tls_available: false,
+            xmm4_versions: vec!["6.16.0".into(), "6.10.0".into(), "5.5.0".into()],
+        }
+    }
+}
+
+/// Who is on the other end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
+
+/// `BODY=` of MAIL FROM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BodyType {
+    #[default]
+    SevenBit,
+    EightBitMime,
+    BinaryMime,
+}
+
+/// `RET=` of MAIL FROM (RFC 3461).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ret {
+    Full,
+    Hdrs,
+}
+
+/// The reverse path and its parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailFrom {
+    /// Empty for the null reverse path `<>`.
+    pub address: String,
+    pub size: Option<usize>,
+    pub body: BodyType,
+    pub ret: Option<Ret>,
+    pub envid: Option<String>,
+    pub smtputf8: bool,
+    /// `XMM4-RES=SYNC`: fold the MM4 RES into the final reply (EXTENSIONS §1).
+    pub xmm4_sync: bool,
+}
+
+/// `NOTIFY=` of RCPT TO (RFC 3461), as bit flags.
+pub mod notify {
+    pub const SUCCESS: u8 = 1;
+    pub const FAILURE: u8 = 2;
+    pub const DELAY: u8 = 4;
+    pub const NEVER: u8 = 8;
+}
+
+/// One accepted forward path and its DSN parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RcptTo {
+    pub address: String,
+    pub notify: u8,
+    /// `ORCPT=` as sent (`rfc822;` prefix removed, xtext decoded).
+    pub orcpt: Option<String>,
+}
+
+/// Decides who may send what. Implemented by the relay; must not block.
+pub trait Policy: Send + Sync {
+    /// Before `250` to MAIL FROM (e.g. free space, queue capacity).
+    fn check_mail(&self, peer: &PeerInfo, mail: &MailFrom) -> Result<(), Reply>;
+    /// Before `250` to RCPT TO (local, system, transit or refused).
+    fn check_rcpt(&self, peer: &PeerInfo, mail: &MailFrom, rcpt: &RcptTo) -> Result<(), Reply>;
+}
+
+/// A complete message, for the driver to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedMessage {
+    pub peer: PeerInfo,
+    pub helo: String,
+    pub mail_from: MailFrom,
+    pub rcpts: Vec<RcptTo>,
+    /// The message as received: dot-unstuffed, CRLF line ends.
+    pub data: Vec<u8>,
+}
+
+/// What the driver must do next.
+#[derive(Debug)]
+pub enum Step {
+    /// Write the pending output, then read more input.
+    NeedInput,
+    /// Store this message and call [`Session::message_done`] with the verdict.
+    Message(Box<ReceivedMessage>),
+    /// Write the pending output (the `220`), run the TLS handshake, then call
+    /// [`Session::tls_established`].
+    StartTls,
+    /// Write the pending output and close the connection.
+    Close,
+}
+
+/// Why a message is refused once its data has been read (reported after the end of data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataFault {
+    BareLineEnd,
+    LineTooLong,
+    TooBig,
+}
+
+impl DataFault {
+    fn reply(self) -> Reply {
+        match self {
+            DataFault::BareLineEnd => codes::bare_line_end(),
+            DataFault::LineTooLong => codes::data_line_too_long(),
+            DataFault::TooBig => codes::message_too_big(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Transaction {
+    mail: MailFrom,
+    rcpts: Vec<RcptTo>,
+    data: Vec<u8>,
+    fault: Option<DataFault>,
+    /// A BDAT chunk was received: DATA is no longer allowed in this transaction.
+    bdat: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Command,
+    /// Reading DATA; `mid_line` is set while a line too long to buffer is being skipped.
+    Data {
+        mid_line: bool,
+    },
+    /// Reading a BDAT chunk of `remaining` octets; `discard` when the chunk is refused.
+    Bdat {
+        remaining: usize,
+        last: bool,
+        discard: bool,
+    },
+    /// A message was handed to the driver; waiting for `message_done`.
+    AwaitCommit,
+    Closed,
+}
+
+/// One SMTP server session.
+pub struct Session {
+    cfg: Arc<ServerConfig>,
+    policy: Arc<dyn Policy>,
+    peer: PeerInfo,
+    state: State,
+    input: Vec<u8>,
+    pos: usize,
+    out: Vec<u8>,
+    helo: Option<String>,
+    tx: Option<Transaction>,
+    errors: u32,
+    /// Skipping the rest of an over-long command line.
+    discarding_line: bool,
+    /// Counts completed commands, for the driver's per-command deadline.
+    progress: u64,
+    /// Set once QUIT or a fatal error closed the session.
+    closing: bool,
+}
+
+impl Session {
+    pub fn new(cfg: Arc<ServerConfig>, policy: Arc<dyn Policy>, peer: PeerInfo) -> Self {
+        Session {
+            cfg,
+            policy,
+            peer,
+            state: State::Command,
+            input: Vec::new(),
+            pos: 0,
+            out: Vec::new(),
+            helo: None,
+            tx: None,
+            errors: 0,
+            discarding_line: false,
+            progress: 0,
+            closing: false,
+        }
+    }
+
+    /// The greeting (`220 <hostname> ESMTP mmsrelay`), queued as output.
+    pub fn greet(&mut self) {
+        Reply::plain(220, vec![format!("{} ESMTP mmsrelay", self.cfg.hostname)])
+            .write_to(&mut self.out);
+    }
+
+    /// Queues a reply that ends the session (timeouts, shutdown, limits decided by the driver).
+    pub fn close_with(&mut self, reply: Reply) {
+        reply.write_to(&mut self.out);
+        self.closing = true;
+        self.state = State::Closed;
+    }
+
+    /// The buffer to read into: bytes appended to it are input for the next `poll`.
+    pub fn input_buffer(&mut self) -> &mut Vec<u8> {
+        if self.pos == self.input.len() {
+            self.input.clear();
+            self.pos = 0;
+            // Give memory back after a large message: idle sessions must stay small.
+            if self.input.capacity() > 64 * 1024 {
+                self.input.shrink_to(4096);
+            }
+        } else if self.pos > 0 && self.pos >= self.input.len() / 2 {
+            self.input.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.input.reserve(4096);
+        &mut self.input
+    }
+
+    /// Appends input (for tests and drivers that read elsewhere).
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.input_buffer().extend_from_slice(bytes);
+    }
+
+    /// Replies produced so far; the driver writes them in one go.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Completed commands so far (the driver resets its per-command deadline when it moves).
+    pub fn progress(&self) -> u64 {
+        self.progress
+    }
+
+    /// Whether message data is being read (the driver applies the data deadline then).
+    pub fn in_data(&self) -> bool {
+        matches!(self.state, State::Data { .. } | State::Bdat { .. })
+    }
+
+    /// Whether a transaction is open (MAIL given, not yet finished): shutdown waits for it.
+    pub fn in_transaction(&self) -> bool {
+        self.tx.is_some() || self.state == State::AwaitCommit
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    fn reply(&mut self, r: Reply) {
+        if r.code >= 400 {
+            self.errors += 1;
+        }
+        r.write_to(&mut self.out);
+        if self.errors > self.cfg.max_errors && !self.closing {
+            codes::too_many_errors().write_to(&mut self.out);
+            self.closing = true;
+            self.state = State::Closed;
+        }
+    }
+
+    fn buffered(&self) -> &[u8] {
+        &self.input[self.pos..]
+    }
+
+    /// Processes buffered input until the driver has something to do.
+    pub fn poll(&mut self) -> Step {
+        loop {
+            if self.closing || self.state == State::Closed {
+                self.state = State::Closed;
+                return Step::Close;
+            }
+            match self.state {
+                State::Closed => return Step::Close,
+                State::AwaitCommit => return Step::NeedInput,
+                State::Command => match self.next_line() {
+                    None => return Step::NeedInput,
+                    Some(Err(())) => continue,
+                    Some(Ok((start, end))) => {
+                        if let Some(step) = self.command(start, end) {
+                            return step;
+                        }
+                    }
+                },
+                State::Data { mid_line } => match self.data(mid_line) {
+                    Some(step) => return step,
+                    None => {
+                        if matches!(self.state, State::Data { .. }) {
+                            return Step::NeedInput;
+                        }
+                    }
+                },
+                State::Bdat {
+                    remaining,
+                    last,
+                    discard,
+                } => {
+                    if let Some(step) = self.bdat(remaining, last, discard) {
+                        return step;
+                    }
+                    if matches!(self.state, State::Bdat { .. }) {
+                        return Step::NeedInput;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next complete command line as a range of `input`, `Err` when a line was refused
+    /// (too long), `None` when more input is needed. Over-long lines are never buffered whole.
+    fn next_line(&mut self) -> Option<Result<(usize, usize), ()>> {
+        let buf = self.buffered();
+        match memchr::memchr(b'\n', buf) {
+            Some(i) => {
+                let (start, end) = (self.pos, self.pos + i + 1);
+                self.pos = end;
+                if self.discarding_line || end - start > self.cfg.max_command_line {
+                    self.discarding_line = false;
+                    self.progress += 1;
+                    self.reply(codes::line_too_long());
+                    return Some(Err(()));
+                }
+                Some(Ok((start, end)))
+            }
+            None => {
+                if buf.len() > self.cfg.max_command_line {
+                    // Drop what we have; the reply goes out when the line finally ends.
+                    self.discarding_line = true;
+                    self.pos = self.input.len();
+                }
+                None
+            }
+        }
+    }
+
+    fn command(&mut self, start: usize, end: usize) -> Option<Step> {
+        self.progress += 1;
+        let line: Vec<u8> = self.input[start..end].to_vec();
+        if line.contains(&0) {
+            self.reply(codes::nul_in_command());
+            return None;
+        }
+        // Our private MAIL parameter, taken out before the standard parser sees the line.
+        let (line, xmm4_sync) = take_xmm4_param(&line);
+        // Unqualified MM4 paths (`<+1555…/TYPE=PLMN>`) are qualified with a placeholder the
+        // standard parser accepts, and the placeholder is removed again after parsing.
+        let (line, unqualified) = qualify_path(&line);
+        let parsed = Request::parse(&mut line.iter()).map(|r| match r {
+            Request::Mail { mut from } if unqualified => {
+                from.address = Cow::Owned(strip_placeholder(&from.address));
+                Request::Mail { from }
+            }
+            Request::Rcpt { mut to } if unqualified => {
+                to.address = Cow::Owned(strip_placeholder(&to.address));
+                Request::Rcpt { to }
+            }
+            other => other,
+        });
+        let req = match parsed {
+            Ok(r) => r,
+            Err(e) => {
+                let verb = line
+                    .split(|b| b.is_ascii_whitespace())
+                    .next()
+                    .map(|v| String::from_utf8_lossy(v).to_ascii_uppercase())
+                    .unwrap_or_default();
+                let r = self.parse_error(&verb, e);
+                self.reply(r);
+                return None;
+            }
+        };
+        let more_input = !self.buffered().is_empty();
+        match req {
+            Request::Ehlo { host } => {
+                if more_input {
+                    return Some(self.desync());
+                }
+                self.ehlo(host.into_owned(), true);
+            }
+            Request::Helo { host } => {
+                if more_input {
+                    return Some(self.desync());
+                }
+                self.ehlo(host.into_owned(), false);
+            }
+            Request::Lhlo { .. } => self.reply(codes::unknown_command()),
+            Request::Mail { from } => self.mail(from, xmm4_sync),
+            Request::Rcpt { to } => self.rcpt(to),
+            Request::Data => {
+                if more_input {
+                    return Some(self.desync());
+                }
+                self.data_command();
+            }
+            Request::Bdat {
+                chunk_size,
+                is_last,
+            } => self.bdat_command(chunk_size, is_last),
+            Request::Rset => {
+                self.tx = None;
+                self.reply(codes::ok("Reset OK"));
+            }
+            Request::Noop { .. } => self.reply(codes::ok("OK")),
+            Request::Quit => {
+                self.reply(codes::closing());
+                self.closing = true;
+                return Some(Step::Close);
+            }
+            Request::Vrfy { .. } => self.reply(codes::vrfy()),
+            Request::Help { .. } => self.reply(codes::help()),
+            Request::StartTls => return self.starttls(),
+            Request::Expn { .. }
+            | Request::Auth { .. }
+            | Request::Etrn { .. }
+            | Request::Atrn { .. }
+            | Request::Burl { .. } => self.reply(codes::not_implemented()),
+        }
+        None
+    }
+
+    fn desync(&mut self) -> Step {
+        self.close_with(codes::sync_error());
+        Step::Close
+    }
+
+    fn parse_error(&self, verb: &str, e: ProtoError) -> Reply {
+        match e {
+            ProtoError::UnknownCommand => codes::unknown_command(),
+            ProtoError::InvalidSenderAddress => {
+                Reply::new(501, (5, 1, 7), "Bad sender address syntax")
+            }
+            ProtoError::InvalidRecipientAddress => {
+                Reply::new(501, (5, 1, 3), "Bad recipient address syntax")
+            }
+            ProtoError::InvalidParameter { param } => {
+                codes::syntax(format!("Invalid value of parameter {param}"))
+            }
+            ProtoError::UnsupportedParameter { param } => codes::unsupported_param(&param),
+            ProtoError::SyntaxError { syntax } => codes::syntax(format!("Syntax: {syntax}")),
+            ProtoError::NeedsMoreData { .. }
+            | ProtoError::ResponseTooLong
+            | ProtoError::InvalidResponse { .. } => {
+                codes::syntax(format!("Syntax error in {verb}"))
+            }
+        }
+    }
+
+    fn ehlo(&mut self, host: String, extended: bool) {
+        self.tx = None;
+        let greet = format!("{} greets {}", self.cfg.hostname, host);
+        self.helo = Some(host);
+        if !extended {
+            self.reply(Reply::new(250, (2, 0, 0), greet));
+            return;
+        }
+        let mut lines = vec![
+            greet,
+            format!("SIZE {}", self.cfg.max_message_size),
+            "PIPELINING".into(),
+            "8BITMIME".into(),
+            "BINARYMIME".into(),
+            "CHUNKING".into(),
+            "DSN".into(),
+            "ENHANCEDSTATUSCODES".into(),
+        ];
+        if self.cfg.tls_available && !self.peer.tls {
+            lines.push("STARTTLS".into());
+        }
+        if !self.cfg.xmm4_versions.is_empty() {
+            lines.push(format!("XMM4 V={} SYNC", self.cfg.xmm4_versions.join(",")));
+        }
+        self.reply(Reply::plain(250, lines));
+    }
+
+    fn mail(&mut self, from: smtp_proto::MailFrom<Cow<'_, str>>, xmm4_sync: bool) {
+        if self.helo.is_none() {
+            return self.reply(codes::bad_sequence("Send EHLO/HELO first"));
+        }
+        if self.tx.is_some() {
+            return self.reply(codes::bad_sequence("Nested MAIL command"));
+        }
+        let smtputf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
+        if !from.address.is_ascii() && !smtputf8 {
+            return self.reply(codes::non_ascii_address());
+        }
+        if smtputf8 {
+            // Not advertised: MM4 addresses are ASCII.
+            return self.reply(codes::unsupported_param("SMTPUTF8"));
+        }
+        if xmm4_sync && self.cfg.xmm4_versions.is_empty() {
+            return self.reply(codes::unsupported_param("XMM4-RES"));
+        }
+        if from.size > self.cfg.max_message_size {
+            return self.reply(codes::message_too_big());
+        }
+        let body = if from.flags & smtp_proto::MAIL_BODY_BINARYMIME != 0 {
+            BodyType::BinaryMime
+        } else if from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0 {
+            BodyType::EightBitMime
+        } else {
+            BodyType::SevenBit
+        };
+        let ret = if from.flags & smtp_proto::MAIL_RET_HDRS != 0 {
+            Some(Ret::Hdrs)
+        } else if from.flags & smtp_proto::MAIL_RET_FULL != 0 {
+            Some(Ret::Full)
+        } else {
+            None
+        };
+        let mail = MailFrom {
+            address: from.address.into_owned(),
+            size: (from.size > 0).then_some(from.size),
+            body,
+            ret,
+            envid: from.env_id.map(Cow::into_owned),
+            smtputf8,
+            xmm4_sync,
+        };
+        if let Err(r) = self.policy.check_mail(&self.peer, &mail) {
+            return self.reply(r);
+        }
+        self.tx = Some(Transaction {
+            mail,
+            rcpts: Vec::new(),
+            data: Vec::new(),
+            fault: None,
+            bdat: false,
+        });
+        self.reply(codes::sender_ok());
+    }
+
+    fn rcpt(&mut self, to: smtp_proto::RcptTo<Cow<'_, str>>) {
+        let Some(tx) = &self.tx else {
+            return self.reply(codes::bad_sequence("Need MAIL before RCPT"));
+        };
+        if !to.address.is_ascii() {
+            return self.reply(codes::non_ascii_address());
+        }
+        if tx.rcpts.len() >= self.cfg.max_recipients {
+            return self.reply(codes::too_many_recipients());
+        }
+        let mut n = 0u8;
+        if to.flags & smtp_proto::RCPT_NOTIFY_SUCCESS != 0 {
+            n |= notify::SUCCESS;
+        }
+        if to.flags & smtp_proto::RCPT_NOTIFY_FAILURE != 0 {
+            n |= notify::FAILURE;
+        }
+        if to.flags & smtp_proto::RCPT_NOTIFY_DELAY != 0 {
+            n |= notify::DELAY;
+        }
+        if to.flags & smtp_proto::RCPT_NOTIFY_NEVER != 0 {
+            n |= notify::NEVER;
+        }
+        let rcpt = RcptTo {
+            address: to.address.into_owned(),
+            notify: n,
+            orcpt: to.orcpt.map(|o| {
+                let o = o.into_owned();
+                match o.split_once(';') {
+                    Some((_, a)) => mm4::xtext::decode_lenient(a.trim()),
+                    None => o,
+                }
+            }),
+        };
+        if let Err(r) = self.policy.check_rcpt(&self.peer, &tx.mail, &rcpt) {
+            return self.reply(r);
+        }
+        if let Some(tx) = &mut self.tx {
+            tx.rcpts.push(rcpt);
+        }
+        self.reply(codes::recipient_ok());
+    }
+
+    fn data_command(&mut self) {
+        match &self.tx {
+            None => self.reply(codes::bad_sequence("Need MAIL command")),
+            Some(tx) if tx.rcpts.is_empty() => self.reply(codes::no_recipients()),
+            Some(tx) if tx.bdat => self.reply(codes::bad_sequence("DATA after BDAT")),
+            Some(tx) if tx.mail.body == BodyType::BinaryMime => {
+                self.reply(codes::bad_sequence("BODY=BINARYMIME requires BDAT"))
+            }
+            Some(_) => {
+                self.reply(codes::start_data());
+                self.state = State::Data { mid_line: false };
+            }
+        }
+    }
+
+    /// Reads DATA lines. Returns a step when the message is complete (or refused).
+    fn data(&mut self, mut mid_line: bool) -> Option<Step> {
+        let max_line = self.cfg.max_data_line;
+        let max_size = self.cfg.max_message_size;
+        loop {
+            let buf = &self.input[self.pos..];
+            let Some(i) = memchr::memchr(b'\n', buf) else {
+                // No complete line: a line this long is refused without buffering it whole.
+                if buf.len() > max_line + 2 {
+                    let tx = self.tx.as_mut().expect("transaction in DATA");
+                    tx.fault.get_or_insert(DataFault::LineTooLong);
+                    // Keep the last octet: it may be the CR of the line end.
+                    self.pos = self.input.len() - 1;
+                    mid_line = true;
+                }
+                self.state = State::Data { mid_line };
+                return None;
+            };
+            let line_start = self.pos;
+            let line_end = self.pos + i + 1;
+            self.pos = line_end;
+            let tx = self.tx.as_mut().expect("transaction in DATA");
+            let line = &self.input[line_start..line_end];
+            let crlf = line.len() >= 2 && line[line.len() - 2] == b'\r';
+            let content = &line[..line.len() - if crlf { 2 } else { 1 }];
+            if mid_line {
+                // The tail of an over-long line: the message is already refused.
+                mid_line = false;
+                continue;
+            }
+            if !crlf || memchr::memchr(b'\r', content).is_some() {
+                tx.fault.get_or_insert(DataFault::BareLineEnd);
+            }
+            if crlf && content == b"." {
+                // End of data: exactly CRLF "." CRLF.
+                self.state = State::Command;
+                self.progress += 1;
+                return Some(self.finish_message());
+            }
+            if content.len() > max_line {
+                tx.fault.get_or_insert(DataFault::LineTooLong);
+            }
+            if tx.fault.is_some() {
+                continue;
+            }
+            let unstuffed = content.strip_prefix(b".").unwrap_or(content);
+            if tx.data.len() + unstuffed.len() + 2 > max_size {
+                tx.fault = Some(DataFault::TooBig);
+                tx.data = Vec::new();
+                continue;
+            }
+            tx.data.extend_from_slice(unstuffed);
+            tx.data.extend_from_slice(b"\r\n");
+        }
+    }
+
+    fn bdat_command(&mut self, size: usize, last: bool) {
+        let refusal = match &self.tx {
+            None => Some(codes::bad_sequence("Need MAIL command")),
+            Some(tx) if tx.rcpts.is_empty() => Some(codes::no_recipients()),
+            Some(_) => None,
+        };
+        if let Some(r) = refusal {
+            // The chunk follows the command on the wire: read and drop it to stay in step.
+            self.state = State::Bdat {
+                remaining: size,
+                last,
+                discard: true,
+            };
+            self.reply(r);
+            return;
+        }
+        if let Some(tx) = &mut self.tx {
+            tx.bdat = true;
+        }
+        self.state = State::Bdat {
+            remaining: size,
+            last,
+            discard: false,
+        };
+    }
+
+    fn bdat(&mut self, remaining: usize, last: bool, discard: bool) -> Option<Step> {
+        let avail = self.input.len() - self.pos;
+        let take = avail.min(remaining);
+        let chunk_start = self.pos;
+        self.pos += take;
+        let left = remaining - take;
+        if !discard {
+            let max = self.cfg.max_message_size;
+            let tx = self.tx.as_mut().expect("transaction in BDAT");
+            if tx.fault.is_none() {
+                if tx.data.len() + take > max {
+                    tx.fault = Some(DataFault::TooBig);
+                    tx.data = Vec::new();
+                } else {
+                    tx.data
+                        .extend_from_slice(&self.input[chunk_start..chunk_start + take]);
+                }
+            }
+        }
+        if left > 0 {
+            self.state = State::Bdat {
+                remaining: left,
+                last,
+                discard,
+            };
+            return None;
+        }
+        self.state = State::Command;
+        self.progress += 1;
+        if discard {
+            return None;
+        }
+        if last {
+            return Some(self.finish_message());
+        }
+        let size = self.tx.as_ref().map_or(0, |t| t.data.len());
+        self.reply(codes::ok(format!("{size} octets received")));
+        None
+    }
+
+    /// The end of a message: refuse it for what the data showed, or hand it to the driver.
+    fn finish_message(&mut self) -> Step {
+        let tx = self.tx.take().expect("transaction at end of data");
+        if let Some(fault) = tx.fault {
+            self.reply(fault.reply());
+            return Step::NeedInput;
+        }
+        if count_received(&tx.data) > self.cfg.max_received {
+            self.reply(codes::too_many_hops());
+            return Step::NeedInput;
+        }
+        self.state = State::AwaitCommit;
+        Step::Message(Box::new(ReceivedMessage {
+            peer: self.peer.clone(),
+            helo: self.helo.clone().unwrap_or_default(),
+            mail_from: tx.mail,
+            rcpts: tx.rcpts,
+            data: tx.data,
+        }))
+    }
+
+    /// The verdict on a message from [`Step::Message`]: `250` only once it is stored.
+    pub fn message_done(&mut self, reply: Reply) {
+        if self.state == State::AwaitCommit {
+            self.state = State::Command;
+        }
+        self.reply(reply);
+    }
+
+    fn starttls(&mut self) -> Option<Step> {
+        if self.peer.tls {
+            self.reply(codes::tls_already_active());
+            return None;
+        }
+        if !self.cfg.tls_available {
+            self.reply(codes::not_implemented());
+            return None;
+        }
+        if self.tx.is_some() {
+            self.reply(codes::bad_sequence(
+                "STARTTLS not allowed during a mail transaction",
+            ));
+            return None;
+        }
+        self.reply(codes::tls_ready());
+        // Plaintext sent after STARTTLS is discarded, never read as if it came under TLS.
+        self.pos = self.input.len();
+        self.helo = None;
+        self.tx = None;
+        Some(Step::StartTls)
+    }
+
+    /// The TLS handshake succeeded: the session starts over (EHLO required again).
+    pub fn tls_established(&mut self) {
+        self.peer.tls = true;
+        self.helo = None;
+        self.tx = None;
+        self.input.clear();
+        self.pos = 0;
+        self.state = State::Command;
+    }
+}
+
+/// Removes an `XMM4-RES=SYNC` parameter from a MAIL line, reporting whether it was there.
+fn take_xmm4_param(line: &[u8]) -> (Cow<'_, [u8]>, bool) {
+    const PARAM: &[u8] = b"XMM4-RES=SYNC";
+    if line.len() < 4 || !line[..4].eq_ignore_ascii_case(b"MAIL") {
+        return (Cow::Borrowed(line), false);
+    }
+    let mut out = Vec::with_capacity(line.len());
+    let mut found = false;
+    let mut i = 0;
+    while i < line.len() {
+        let at_word_start = i > 0 && line[i - 1] == b' ';
+        let rest = &line[i..];
+        if at_word_start
+            && rest.len() >= PARAM.len()
+            && rest[..PARAM.len()].eq_ignore_ascii_case(PARAM)
+            && rest
+                .get(PARAM.len())
+                .is_none_or(|b| b.is_ascii_whitespace())
+        {
+            found = true;
+            i += PARAM.len();
+            // Drop the separator before it as well.
+            if out.last() == Some(&b' ') {
+                out.pop();
+            }
+            continue;
+        }
+        out.push(line[i]);
+        i += 1;
+    }
+    if found {
+        (Cow::Owned(out), true)
+    } else {
+        (Cow::Borrowed(line), false)
+    }
+}
+
+const PLACEHOLDER: &str = "@unqualified.invalid";
+
+/// Adds [`PLACEHOLDER`] to a MAIL/RCPT path without a domain.
+fn qualify_path(line: &[u8]) -> (Cow<'_, [u8]>, bool) {
+    let is_path_cmd = line.len() >= 4
+        && (line[..4].eq_ignore_ascii_case(b"MAIL") || line[..4].eq_ignore_ascii_case(b"RCPT"));
+    if !is_path_cmd {
+        return (Cow::Borrowed(line), false);
+    }
+    let (Some(l), Some(r)) = (memchr::memchr(b'<', line), memchr::memchr(b'>', line)) else {
+        return (Cow::Borrowed(line), false);
+    };
+    let inner = &line[l + 1..r.max(l + 1)];
+    if r <= l + 1 || inner.contains(&b'@') || inner.contains(&b' ') {
+        return (Cow::Borrowed(line), false);
+    }
+    let mut out = Vec::with_capacity(line.len() + PLACEHOLDER.len());
+    out.extend_from_slice(&line[..r]);
+    out.extend_from_slice(PLACEHOLDER.as_bytes());
+    out.extend_from_slice(&line[r..]);
+    (Cow::Owned(out), true)
+}
+
+fn strip_placeholder(addr: &str) -> String {
+    addr.strip_suffix(PLACEHOLDER).unwrap_or(addr).to_string()
+}
+
+/// Counts `Received:` fields in the header section.
+fn count_received(data: &[u8]) -> usize {
+    let mut n = 0;
+    for line in data.split(|&b| b == b'\n') {
+        if line == b"\r" || line.is_empty() {
+            break;
+        }
+        if line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:") {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xmm4_param_is_taken_out() {
+        let (l, f) = take_xmm4_param(b"MAIL FROM:<a@b.c> XMM4-RES=SYNC SIZE=10\r\n");
+        assert!(f);
+        assert_eq!(&*l, b"MAIL FROM:<a@b.c> SIZE=10\r\n");
+        let (l, f) = take_xmm4_param(b"MAIL FROM:<a@b.c> xmm4-res=sync\r\n");
+        assert!(f);
+        assert_eq!(&*l, b"MAIL FROM:<a@b.c>\r\n");
+        let (_, f) = take_xmm4_param(b"MAIL FROM:<XMM4-RES=SYNC@b.c>\r\n");
+        assert!(!f);
+        let (_, f) = take_xmm4_param(b"RCPT TO:<a@b.c> XMM4-RES=SYNC\r\n");
+        assert!(!f);
+    }
+
+    #[test]
+    fn received_headers_are_counted_in_the_header_only() {
+        assert_eq!(
+            count_received(b"Received: a\r\nreceived: b\r\nX: y\r\n\r\nReceived: body\r\n"),
+            2
+        );
+    }
+}
