@@ -76,7 +76,7 @@ fn invalid(header: &'static str, reason: impl ToString) -> ParseError {
 }
 
 /// Strips one pair of surrounding double quotes (ids are often quoted on the wire).
-pub(crate) fn unquote(s: &str) -> &str {
+pub fn unquote(s: &str) -> &str {
     let t = s.trim();
     t.strip_prefix('"')
         .and_then(|r| r.strip_suffix('"'))

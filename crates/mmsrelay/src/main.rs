@@ -7,10 +7,18 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod inspect;
+mod serve;
 
 /// Exit codes of the contract.
 const EXIT_RUNTIME: u8 = 1;
+const EXIT_INVALID: u8 = 2;
 const EXIT_REFUSED: u8 = 3;
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +33,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the relay. Without -c: ./mmsrelay.toml if present, else the built-in defaults.
+    Serve {
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
+        #[arg(long = "log-format", value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Validate a configuration file; prints each problem with its key path, exit 2 if invalid.
+    CheckConfig { file: PathBuf },
     /// Parse one mail as MM4 (or a DSN) and print it as JSON; exit 3 when it is refused.
     Inspect {
         /// The mail file, or `-` for standard input.
@@ -42,9 +59,81 @@ fn read_input(file: &PathBuf) -> std::io::Result<Vec<u8>> {
     }
 }
 
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if format == LogFormat::Json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load_config(path: Option<PathBuf>) -> Result<relay::config::Config, ExitCode> {
+    let path = path.or_else(|| {
+        let default = PathBuf::from("mmsrelay.toml");
+        default.exists().then_some(default)
+    });
+    let Some(path) = path else {
+        return Ok(relay::config::Config::defaults());
+    };
+    relay::config::Config::load(&path).map_err(|e| {
+        match e {
+            relay::config::ConfigError::Invalid(problems) => {
+                for p in problems {
+                    eprintln!("{}: {p}", path.display());
+                }
+            }
+            other => eprintln!("mmsrelay: {other}"),
+        }
+        ExitCode::from(EXIT_INVALID)
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve { config, log_format } => {
+            let cfg = match load_config(config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logging(log_format);
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("mmsrelay: cannot start the runtime: {e}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            };
+            match rt.block_on(serve::run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mmsrelay: {e}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
+        }
+        Command::CheckConfig { file } => match relay::config::Config::load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(relay::config::ConfigError::Invalid(problems)) => {
+                for p in problems {
+                    println!("{}: {p}", file.display());
+                }
+                ExitCode::from(EXIT_INVALID)
+            }
+            Err(e) => {
+                println!("{e}");
+                ExitCode::from(EXIT_INVALID)
+            }
+        },
         Command::Inspect { file } => {
             let raw = match read_input(&file) {
                 Ok(r) => r,

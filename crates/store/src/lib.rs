@@ -60,7 +60,10 @@ pub enum Op {
         body: Vec<u8>,
     },
     /// Replaces a message's metadata (never its body).
-    UpdateMessage { id: MsgId, meta: Vec<u8> },
+    UpdateMessage {
+        id: MsgId,
+        meta: Vec<u8>,
+    },
     /// Sets one recipient's state and moves it in the due index (`None`: not due).
     SetRecipient {
         id: MsgId,
@@ -77,13 +80,26 @@ pub enum Op {
         id: MsgId,
     },
     /// Something for the relay to act on (a RES, a report, a DSN, a RES to send).
-    PutEvent { id: MsgId, event: Vec<u8> },
+    PutEvent {
+        id: MsgId,
+        event: Vec<u8>,
+    },
     /// The event was acted on.
-    DeleteEvent { id: MsgId },
-    PutCapability { peer: String, record: Vec<u8> },
+    DeleteEvent {
+        id: MsgId,
+    },
+    PutCapability {
+        peer: String,
+        record: Vec<u8>,
+    },
     /// A small named record (lookups the relay needs, e.g. transaction id → message).
-    PutIndex { key: String, value: Vec<u8> },
-    DeleteIndex { key: String },
+    PutIndex {
+        key: String,
+        value: Vec<u8>,
+    },
+    DeleteIndex {
+        key: String,
+    },
 }
 
 /// The result of one [`Op`], in order.
@@ -316,7 +332,9 @@ fn apply(db: &Database, batch: &[Job]) -> Result<Vec<Vec<OpResult>>, StoreError>
                             Some(first) => OpResult::Duplicate(first),
                             None => {
                                 dedupe.insert(dedupe_key.as_str(), *id).map_err(db_err)?;
-                                mailbox.insert((address.as_str(), *id), ()).map_err(db_err)?;
+                                mailbox
+                                    .insert((address.as_str(), *id), ())
+                                    .map_err(db_err)?;
                                 OpResult::Delivered
                             }
                         }
@@ -330,11 +348,14 @@ fn apply(db: &Database, batch: &[Job]) -> Result<Vec<Vec<OpResult>>, StoreError>
                         OpResult::Done
                     }
                     Op::PutCapability { peer, record } => {
-                        caps.insert(peer.as_str(), record.as_slice()).map_err(db_err)?;
+                        caps.insert(peer.as_str(), record.as_slice())
+                            .map_err(db_err)?;
                         OpResult::Done
                     }
                     Op::PutIndex { key, value } => {
-                        index.insert(key.as_str(), value.as_slice()).map_err(db_err)?;
+                        index
+                            .insert(key.as_str(), value.as_slice())
+                            .map_err(db_err)?;
                         OpResult::Done
                     }
                     Op::DeleteIndex { key } => {
@@ -404,7 +425,10 @@ impl Spool for Embedded {
         self.read(|r| {
             let t = r.open_table(DUE).map_err(db_err)?;
             let mut out = Vec::new();
-            for e in t.range((0, 0, 0)..=(until, u64::MAX, u32::MAX)).map_err(db_err)? {
+            for e in t
+                .range((0, 0, 0)..=(until, u64::MAX, u32::MAX))
+                .map_err(db_err)?
+            {
                 let (k, _) = e.map_err(db_err)?;
                 let (at, id, idx) = k.value();
                 out.push(Due { at, id, idx });
@@ -420,7 +444,10 @@ impl Spool for Embedded {
         self.read(|r| {
             let t = r.open_table(MAILBOX).map_err(db_err)?;
             let mut out = Vec::new();
-            for e in t.range((address, 0)..=(address, u64::MAX)).map_err(db_err)? {
+            for e in t
+                .range((address, 0)..=(address, u64::MAX))
+                .map_err(db_err)?
+            {
                 out.push(e.map_err(db_err)?.0.value().1);
             }
             Ok(out)
@@ -527,7 +554,15 @@ mod tests {
             ])
             .await
             .unwrap();
-        assert_eq!(r, vec![OpResult::Done, OpResult::Delivered, OpResult::Done, OpResult::Done]);
+        assert_eq!(
+            r,
+            vec![
+                OpResult::Done,
+                OpResult::Delivered,
+                OpResult::Done,
+                OpResult::Done
+            ]
+        );
         let id2 = s.next_id();
         let r = s
             .commit(vec![Op::Deliver {
@@ -540,7 +575,14 @@ mod tests {
         assert_eq!(r, vec![OpResult::Duplicate(id)]);
         assert_eq!(s.mailbox("+1555").unwrap(), vec![id]);
         assert_eq!(s.due(99, 10).unwrap(), vec![]);
-        assert_eq!(s.due(100, 10).unwrap(), vec![Due { at: 100, id, idx: 0 }]);
+        assert_eq!(
+            s.due(100, 10).unwrap(),
+            vec![Due {
+                at: 100,
+                id,
+                idx: 0
+            }]
+        );
         // Moving in the due index removes the old entry.
         s.commit(vec![Op::SetRecipient {
             id,
@@ -551,7 +593,14 @@ mod tests {
         }])
         .await
         .unwrap();
-        assert_eq!(s.due(1000, 10).unwrap(), vec![Due { at: 500, id, idx: 0 }]);
+        assert_eq!(
+            s.due(1000, 10).unwrap(),
+            vec![Due {
+                at: 500,
+                id,
+                idx: 0
+            }]
+        );
         assert_eq!(s.recipients(id).unwrap(), vec![(0, b"deferred".to_vec())]);
         drop(s);
         // After reopening, everything is there and ids keep growing.
@@ -587,12 +636,18 @@ mod tests {
             ids.push(t.await.unwrap());
         }
         for id in ids {
-            assert!(s.message(id).unwrap().is_some(), "acknowledged commit missing");
+            assert!(
+                s.message(id).unwrap().is_some(),
+                "acknowledged commit missing"
+            );
         }
         let commits = s.stats().commits.load(Ordering::Relaxed);
         let syncs = s.stats().syncs.load(Ordering::Relaxed);
         assert_eq!(commits, 200);
-        assert!(syncs < commits, "group commit must batch: {syncs} syncs for {commits} commits");
+        assert!(
+            syncs < commits,
+            "group commit must batch: {syncs} syncs for {commits} commits"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -1,0 +1,115 @@
+//! `mmsrelay serve`: the wiring of configuration, store, policy and listeners, and a clean stop
+//! on SIGINT/SIGTERM (stop accepting, finish transactions in flight, flush the store).
+
+use std::sync::Arc;
+
+use relay::config::Config;
+use relay::directory::Directory;
+use relay::inbound::{Inbound, InboundPolicy};
+use smtp::driver::{DriverConfig, ListenerLimits};
+use smtp::ServerConfig;
+use store::{Embedded, Spool};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Why the relay could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("smtp.tls_cert/tls_key: {0}")]
+    Tls(#[from] relay::tls::TlsError),
+    #[error("smtp.listen: cannot listen on {addr}: {reason}")]
+    Bind { addr: String, reason: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The versions we understand, advertised in `XMM4 V=…`.
+const XMM4_VERSIONS: [&str; 3] = ["6.16.0", "6.10.0", "5.5.0"];
+
+pub async fn run(cfg: Config) -> Result<(), ServeError> {
+    let store: Arc<Embedded> = Arc::new(Embedded::open(&cfg.store.path)?);
+    let spool: Arc<dyn Spool> = store.clone();
+    let dir = Arc::new(Directory::new(&cfg));
+    let policy = Arc::new(InboundPolicy {
+        dir: dir.clone(),
+        store: spool.clone(),
+        min_free_space: cfg.smtp.min_free_space,
+    });
+    let handler = Arc::new(Inbound {
+        dir: dir.clone(),
+        store: spool.clone(),
+    });
+    let tls = match (&cfg.smtp.tls_cert, &cfg.smtp.tls_key) {
+        (Some(c), Some(k)) => Some(tokio_rustls::TlsAcceptor::from(relay::tls::server_config(
+            c, k,
+        )?)),
+        _ => None,
+    };
+    let server = Arc::new(ServerConfig {
+        hostname: cfg.mmse.hostname(),
+        max_message_size: cfg.smtp.max_message_size,
+        max_recipients: cfg.smtp.max_recipients,
+        max_errors: cfg.smtp.max_errors,
+        max_received: cfg.smtp.max_received,
+        tls_available: tls.is_some(),
+        xmm4_versions: if cfg.smtp.xmm4 {
+            XMM4_VERSIONS.iter().map(|v| v.to_string()).collect()
+        } else {
+            Vec::new()
+        },
+        ..ServerConfig::default()
+    });
+    let driver = Arc::new(DriverConfig {
+        idle_timeout: cfg.smtp.idle_timeout.0,
+        data_timeout: cfg.smtp.data_timeout.0,
+        tls,
+    });
+    let limits = ListenerLimits {
+        allow: cfg.smtp.allow.clone(),
+        max_connections: cfg.smtp.max_connections,
+        max_per_source: cfg.smtp.max_connections_per_source,
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut listeners = tokio::task::JoinSet::new();
+    for addr in &cfg.smtp.listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| ServeError::Bind {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
+        tracing::info!(addr = %l.local_addr()?, "SMTP listening");
+        listeners.spawn(smtp::driver::serve(
+            l,
+            server.clone(),
+            driver.clone(),
+            limits.clone(),
+            policy.clone(),
+            handler.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    tracing::info!(domain = %cfg.mmse.domain, store = %cfg.store.path.display(), "mmsrelay running");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping: no new sessions, finishing transactions in flight");
+    let _ = stop_tx.send(true);
+    while let Some(r) = listeners.join_next().await {
+        if let Ok(Err(e)) = r {
+            tracing::warn!(error = %e, "listener ended with an error");
+        }
+    }
+    drop(handler);
+    drop(policy);
+    drop(spool);
+    // The last reference: the writer drains its queue and the file is closed.
+    drop(store);
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,699 @@
+//! The TOML configuration (the contract's §2): every key, its default, and validation that names
+//! the key path of each problem.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use mm4::{Address, Domain, Version};
+use serde::{Deserialize, Deserializer};
+
+/// A duration written as `"30s"`, `"10m"`, `"3d"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a duration like \"30s\" or \"3d\": {e}"
+            ))
+        })
+    }
+}
+
+fn secs(n: u64) -> Dur {
+    Dur(Duration::from_secs(n))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub mmse: MmseConfig,
+    #[serde(default)]
+    pub smtp: SmtpConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub dns: DnsConfig,
+    #[serde(default)]
+    pub queue: QueueConfig,
+    #[serde(default, rename = "peer")]
+    pub peers: Vec<PeerConfig>,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MmseConfig {
+    #[serde(default = "default_domain")]
+    pub domain: String,
+    /// Defaults to `mmsc.<domain>`.
+    pub hostname: Option<String>,
+    /// Defaults to `system-user@<domain>`.
+    pub system_address: Option<String>,
+    /// Defaults to `mm4-bounce@<domain>`.
+    pub bounce_address: Option<String>,
+    #[serde(default = "default_version")]
+    pub mms_version: String,
+    #[serde(default)]
+    pub local_prefixes: Vec<String>,
+    pub default_peer: Option<String>,
+}
+
+fn default_domain() -> String {
+    "mms.mnc001.mcc001.gprs".into()
+}
+fn default_version() -> String {
+    "6.16.0".into()
+}
+
+impl Default for MmseConfig {
+    fn default() -> Self {
+        MmseConfig {
+            domain: default_domain(),
+            hostname: None,
+            system_address: None,
+            bounce_address: None,
+            mms_version: default_version(),
+            local_prefixes: Vec::new(),
+            default_peer: None,
+        }
+    }
+}
+
+impl MmseConfig {
+    pub fn hostname(&self) -> String {
+        self.hostname
+            .clone()
+            .unwrap_or_else(|| format!("mmsc.{}", self.domain))
+    }
+    pub fn system_address(&self) -> String {
+        self.system_address
+            .clone()
+            .unwrap_or_else(|| format!("system-user@{}", self.domain))
+    }
+    pub fn bounce_address(&self) -> String {
+        self.bounce_address
+            .clone()
+            .unwrap_or_else(|| format!("mm4-bounce@{}", self.domain))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    #[serde(default = "default_smtp_listen")]
+    pub listen: Vec<SocketAddr>,
+    #[serde(default = "default_max_size")]
+    pub max_message_size: usize,
+    #[serde(default = "default_max_rcpts")]
+    pub max_recipients: usize,
+    #[serde(default = "default_max_conns")]
+    pub max_connections: usize,
+    #[serde(default = "default_max_per_source")]
+    pub max_connections_per_source: usize,
+    #[serde(default = "default_idle")]
+    pub idle_timeout: Dur,
+    #[serde(default = "default_data_timeout")]
+    pub data_timeout: Dur,
+    #[serde(default = "default_allow")]
+    pub allow: Vec<IpNet>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Below this many free bytes, MAIL gets `452 4.3.1`.
+    #[serde(default = "default_min_free")]
+    pub min_free_space: u64,
+    #[serde(default = "default_max_received")]
+    pub max_received: usize,
+    #[serde(default = "default_max_errors")]
+    pub max_errors: u32,
+    /// Advertise and honour `XMM4` (EXTENSIONS §1).
+    #[serde(default = "yes")]
+    pub xmm4: bool,
+}
+
+fn default_smtp_listen() -> Vec<SocketAddr> {
+    vec!["127.0.0.1:2525".parse().expect("literal")]
+}
+fn default_max_size() -> usize {
+    2 * 1024 * 1024
+}
+fn default_max_rcpts() -> usize {
+    100
+}
+fn default_max_conns() -> usize {
+    1000
+}
+fn default_max_per_source() -> usize {
+    200
+}
+fn default_idle() -> Dur {
+    secs(300)
+}
+fn default_data_timeout() -> Dur {
+    secs(600)
+}
+fn default_allow() -> Vec<IpNet> {
+    vec![
+        "127.0.0.0/8".parse().expect("literal"),
+        "::1/128".parse().expect("literal"),
+    ]
+}
+fn default_min_free() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_max_received() -> usize {
+    50
+}
+fn default_max_errors() -> u32 {
+    20
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    #[serde(default = "default_api_listen")]
+    pub listen: SocketAddr,
+    pub token: Option<String>,
+}
+
+fn default_api_listen() -> SocketAddr {
+    "127.0.0.1:8025".parse().expect("literal")
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: default_api_listen(),
+            token: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Embedded,
+    Postgres,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    #[serde(default = "default_backend")]
+    pub backend: Backend,
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+    pub url: Option<String>,
+}
+
+fn default_backend() -> Backend {
+    Backend::Embedded
+}
+fn default_store_path() -> PathBuf {
+    PathBuf::from("./mmsrelay-data")
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: default_backend(),
+            path: default_store_path(),
+            url: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    #[serde(default)]
+    pub servers: Vec<SocketAddr>,
+    #[serde(default = "default_suffixes")]
+    pub enum_suffixes: Vec<String>,
+}
+
+fn default_suffixes() -> Vec<String> {
+    vec!["e164.arpa".into()]
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            servers: Vec::new(),
+            enum_suffixes: default_suffixes(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    #[serde(default = "default_retry_initial")]
+    pub retry_initial: Dur,
+    #[serde(default = "default_retry_max")]
+    pub retry_max: Dur,
+    #[serde(default = "default_lifetime")]
+    pub lifetime: Dur,
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout: Dur,
+    #[serde(default = "default_ack_resends")]
+    pub ack_resends: u32,
+}
+
+fn default_retry_initial() -> Dur {
+    secs(30)
+}
+fn default_retry_max() -> Dur {
+    secs(30 * 60)
+}
+fn default_lifetime() -> Dur {
+    secs(3 * 86_400)
+}
+fn default_ack_timeout() -> Dur {
+    secs(600)
+}
+fn default_ack_resends() -> u32 {
+    3
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerMode {
+    /// To the peer's hosts, else the MX of its domain.
+    Direct,
+    /// Through the configured MTAs.
+    Relay,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsPolicy {
+    None,
+    Opportunistic,
+    Required,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CapabilityMode {
+    Static,
+    Learn,
+    Exchange,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub name: String,
+    #[serde(default)]
+    pub domains: Vec<String>,
+    #[serde(default)]
+    pub prefixes: Vec<String>,
+    #[serde(default = "default_mode")]
+    pub mode: PeerMode,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    pub system_address: Option<String>,
+    #[serde(default)]
+    pub allow: Vec<IpNet>,
+    #[serde(default = "default_tls")]
+    pub tls: TlsPolicy,
+    pub max_message_size: Option<usize>,
+    pub mms_version: Option<String>,
+    #[serde(default = "yes")]
+    pub ack_request: bool,
+    #[serde(default = "default_caps")]
+    pub capabilities: CapabilityMode,
+    #[serde(default = "default_peer_conns")]
+    pub max_connections: usize,
+    #[serde(default)]
+    pub transit: bool,
+}
+
+fn default_mode() -> PeerMode {
+    PeerMode::Direct
+}
+fn default_tls() -> TlsPolicy {
+    TlsPolicy::Opportunistic
+}
+fn default_caps() -> CapabilityMode {
+    CapabilityMode::Learn
+}
+fn default_peer_conns() -> usize {
+    4
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub prefix: String,
+    pub peer: String,
+}
+
+/// One problem in a configuration, with the key path it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+fn is_prefix(p: &str) -> bool {
+    let digits = p.strip_prefix('+').unwrap_or("");
+    !digits.is_empty() && digits.len() <= 15 && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn is_host_port(h: &str) -> bool {
+    match h.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}
+
+impl Config {
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let path = e
+                .span()
+                .map(|s| {
+                    format!(
+                        "line {}",
+                        text[..s.start.min(text.len())].lines().count().max(1)
+                    )
+                })
+                .unwrap_or_else(|| "config".into());
+            ConfigError::Invalid(vec![Problem {
+                path,
+                message: e.message().to_string(),
+            }])
+        })?;
+        let problems = cfg.validate();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// Reads a file.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Config::from_toml(&text)
+    }
+
+    /// The built-in defaults.
+    pub fn defaults() -> Config {
+        Config::from_toml("").expect("built-in defaults are valid")
+    }
+
+    /// Every problem, each with its key path.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let mut bad = |path: String, message: String| p.push(Problem { path, message });
+        if self.mmse.domain.parse::<Domain>().is_err() {
+            bad(
+                "mmse.domain".into(),
+                format!("{:?} is not a domain", self.mmse.domain),
+            );
+        }
+        for (key, v) in [
+            ("mmse.system_address", self.mmse.system_address()),
+            ("mmse.bounce_address", self.mmse.bounce_address()),
+        ] {
+            if !matches!(v.parse::<Address>(), Ok(Address::Email { .. })) {
+                bad(
+                    key.into(),
+                    format!("{v:?} is not a mailbox like user@domain"),
+                );
+            }
+        }
+        if self.mmse.mms_version.parse::<Version>().is_err() {
+            bad(
+                "mmse.mms_version".into(),
+                format!("{:?} is not a version X.Y.Z", self.mmse.mms_version),
+            );
+        }
+        for (i, pre) in self.mmse.local_prefixes.iter().enumerate() {
+            if !is_prefix(pre) {
+                bad(
+                    format!("mmse.local_prefixes[{i}]"),
+                    format!("{pre:?} is not an E.164 prefix like \"+1555\""),
+                );
+            }
+        }
+        let names: Vec<&str> = self.peers.iter().map(|x| x.name.as_str()).collect();
+        if let Some(d) = &self.mmse.default_peer {
+            if !names.contains(&d.as_str()) {
+                bad(
+                    "mmse.default_peer".into(),
+                    format!("no [[peer]] named {d:?}"),
+                );
+            }
+        }
+        if self.smtp.listen.is_empty() {
+            bad(
+                "smtp.listen".into(),
+                "at least one address is needed".into(),
+            );
+        }
+        if self.smtp.max_recipients < 100 {
+            bad(
+                "smtp.max_recipients".into(),
+                "must be at least 100 (RFC 5321 §4.5.3.1.8)".into(),
+            );
+        }
+        if self.smtp.max_message_size < 1024 {
+            bad(
+                "smtp.max_message_size".into(),
+                "must be at least 1024 bytes".into(),
+            );
+        }
+        if self.smtp.max_connections == 0 {
+            bad("smtp.max_connections".into(), "must be at least 1".into());
+        }
+        match (&self.smtp.tls_cert, &self.smtp.tls_key) {
+            (Some(_), None) => bad(
+                "smtp.tls_key".into(),
+                "tls_cert is set but tls_key is not".into(),
+            ),
+            (None, Some(_)) => bad(
+                "smtp.tls_cert".into(),
+                "tls_key is set but tls_cert is not".into(),
+            ),
+            _ => {}
+        }
+        if self.store.backend == Backend::Postgres {
+            if self.store.url.is_none() {
+                bad(
+                    "store.url".into(),
+                    "backend = \"postgres\" needs url".into(),
+                );
+            }
+            bad(
+                "store.backend".into(),
+                "the postgres backend is not part of this build; use \"embedded\"".into(),
+            );
+        }
+        if self.queue.retry_initial.0 > self.queue.retry_max.0 {
+            bad(
+                "queue.retry_initial".into(),
+                "is longer than queue.retry_max".into(),
+            );
+        }
+        for (i, s) in self.dns.enum_suffixes.iter().enumerate() {
+            if s.trim_matches('.').parse::<Domain>().is_err() {
+                bad(
+                    format!("dns.enum_suffixes[{i}]"),
+                    format!("{s:?} is not a domain"),
+                );
+            }
+        }
+        for (i, peer) in self.peers.iter().enumerate() {
+            let at = |k: &str| format!("peer[{i}].{k}");
+            if peer.name.is_empty() {
+                bad(at("name"), "must not be empty".into());
+            }
+            if names.iter().filter(|n| **n == peer.name).count() > 1 {
+                bad(
+                    at("name"),
+                    format!("{:?} is used by more than one peer", peer.name),
+                );
+            }
+            if peer.domains.is_empty() {
+                bad(at("domains"), "at least one MMSE domain is needed".into());
+            }
+            for (j, d) in peer.domains.iter().enumerate() {
+                if d.parse::<Domain>().is_err() {
+                    bad(
+                        format!("peer[{i}].domains[{j}]"),
+                        format!("{d:?} is not a domain"),
+                    );
+                }
+            }
+            for (j, pre) in peer.prefixes.iter().enumerate() {
+                if !is_prefix(pre) {
+                    bad(
+                        format!("peer[{i}].prefixes[{j}]"),
+                        format!("{pre:?} is not an E.164 prefix"),
+                    );
+                }
+            }
+            if peer.mode == PeerMode::Relay && peer.hosts.is_empty() {
+                bad(at("hosts"), "mode = \"relay\" needs the MTA hosts".into());
+            }
+            for (j, h) in peer.hosts.iter().enumerate() {
+                if !is_host_port(h) {
+                    bad(
+                        format!("peer[{i}].hosts[{j}]"),
+                        format!("{h:?} is not host:port"),
+                    );
+                }
+            }
+            if let Some(s) = &peer.system_address {
+                if !matches!(s.parse::<Address>(), Ok(Address::Email { .. })) {
+                    bad(at("system_address"), format!("{s:?} is not a mailbox"));
+                }
+            }
+            if let Some(v) = &peer.mms_version {
+                if v.parse::<Version>().is_err() {
+                    bad(at("mms_version"), format!("{v:?} is not a version X.Y.Z"));
+                }
+            }
+            if peer.max_connections == 0 {
+                bad(at("max_connections"), "must be at least 1".into());
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            if !is_prefix(&r.prefix) {
+                bad(
+                    format!("route[{i}].prefix"),
+                    format!("{:?} is not an E.164 prefix", r.prefix),
+                );
+            }
+            if !names.contains(&r.peer.as_str()) {
+                bad(
+                    format!("route[{i}].peer"),
+                    format!("no [[peer]] named {:?}", r.peer),
+                );
+            }
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = Config::defaults();
+        assert_eq!(c.smtp.listen, vec!["127.0.0.1:2525".parse().unwrap()]);
+        assert_eq!(c.api.listen, "127.0.0.1:8025".parse().unwrap());
+        assert_eq!(c.mmse.domain, "mms.mnc001.mcc001.gprs");
+        assert_eq!(
+            c.mmse.system_address(),
+            "system-user@mms.mnc001.mcc001.gprs"
+        );
+        assert_eq!(c.mmse.bounce_address(), "mm4-bounce@mms.mnc001.mcc001.gprs");
+        assert_eq!(c.store.path, PathBuf::from("./mmsrelay-data"));
+        assert_eq!(c.queue.lifetime.0, Duration::from_secs(3 * 86400));
+    }
+
+    #[test]
+    fn the_contract_example_is_valid() {
+        let c = Config::from_toml(include_str!("../tests/data/contract-example.toml")).unwrap();
+        assert_eq!(c.peers.len(), 1);
+        assert_eq!(c.peers[0].mode, PeerMode::Direct);
+        assert_eq!(c.queue.retry_initial.0, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn problems_name_their_key_paths() {
+        let text = r#"
+[mmse]
+domain = "not a domain"
+local_prefixes = ["1555"]
+default_peer = "nobody"
+[smtp]
+max_recipients = 10
+[[peer]]
+name = "b"
+domains = ["mms.mnc002.mcc262.gprs"]
+mode = "relay"
+hosts = ["nohostport"]
+[[route]]
+prefix = "+33"
+peer = "hub"
+"#;
+        let Err(ConfigError::Invalid(p)) = Config::from_toml(text) else {
+            panic!("must be invalid")
+        };
+        let paths: Vec<&str> = p.iter().map(|x| x.path.as_str()).collect();
+        for want in [
+            "mmse.domain",
+            "mmse.local_prefixes[0]",
+            "mmse.default_peer",
+            "smtp.max_recipients",
+            "peer[0].hosts[0]",
+            "route[0].peer",
+        ] {
+            assert!(paths.contains(&want), "{want} missing from {paths:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_types_are_errors() {
+        let Err(ConfigError::Invalid(p)) = Config::from_toml("[smtp]\nlisten_on = 1\n") else {
+            panic!()
+        };
+        assert!(p[0].message.contains("listen_on"), "{p:?}");
+        let Err(ConfigError::Invalid(p)) = Config::from_toml("[queue]\nlifetime = \"soon\"\n")
+        else {
+            panic!()
+        };
+        assert!(p[0].message.contains("duration"), "{p:?}");
+    }
+}

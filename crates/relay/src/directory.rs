@@ -1,0 +1,274 @@
+//! Who is who: our MMSE, its subscribers, its peers. Built once from the configuration; answers
+//! the questions the SMTP dialogue asks (is this recipient ours, may this source relay through
+//! us, which peer serves this number or domain) without I/O.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use mm4::{Address, Domain, RequestStatus, E164};
+use smtp::Reply;
+
+use crate::config::{Config, PeerConfig};
+
+/// What an envelope recipient is to us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptClass {
+    /// A subscriber of ours.
+    Local(E164),
+    /// Our system mailbox (RES, reports, capability exchange).
+    System,
+    /// Our bounce mailbox (DSNs).
+    Bounce,
+    /// Someone at another MMSE, reached through peer `peer` (index into the peers).
+    Transit { peer: usize },
+}
+
+/// One peer, with its parsed identities.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub cfg: PeerConfig,
+    pub domains: Vec<Domain>,
+    pub allow: Vec<IpNet>,
+}
+
+/// The MM4 verdict a refusal carries in its text (`[MM4 …]`, EXTENSIONS §1).
+pub fn mm4_reply(code: u16, enhanced: (u8, u16, u16), status: RequestStatus, text: &str) -> Reply {
+    Reply::new(code, enhanced, format!("[MM4 {}] {text}", status.as_str()))
+}
+
+#[derive(Debug, Clone)]
+pub struct Directory {
+    pub domain: Domain,
+    pub system_address: String,
+    pub bounce_address: String,
+    local_prefixes: Vec<String>,
+    pub peers: Vec<Peer>,
+    /// `(prefix digits, peer)`: peer prefixes and `[[route]]`s, longest first.
+    routes: Vec<(String, usize)>,
+    default_peer: Option<usize>,
+}
+
+fn digits(prefix: &str) -> String {
+    prefix.trim_start_matches('+').to_string()
+}
+
+impl Directory {
+    /// Builds the directory from a validated configuration.
+    pub fn new(cfg: &Config) -> Directory {
+        let peers: Vec<Peer> = cfg
+            .peers
+            .iter()
+            .map(|p| Peer {
+                cfg: p.clone(),
+                domains: p.domains.iter().filter_map(|d| d.parse().ok()).collect(),
+                allow: p.allow.clone(),
+            })
+            .collect();
+        let index = |name: &str| peers.iter().position(|p| p.cfg.name == name);
+        let mut routes: Vec<(String, usize)> = Vec::new();
+        for (i, p) in peers.iter().enumerate() {
+            for pre in &p.cfg.prefixes {
+                routes.push((digits(pre), i));
+            }
+        }
+        for r in &cfg.routes {
+            if let Some(i) = index(&r.peer) {
+                routes.push((digits(&r.prefix), i));
+            }
+        }
+        // Longest prefix wins; for equal prefixes the first configured.
+        routes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
+        Directory {
+            domain: cfg
+                .mmse
+                .domain
+                .parse()
+                .unwrap_or_else(|_| "invalid.invalid".parse().expect("literal domain")),
+            system_address: cfg.mmse.system_address().to_ascii_lowercase(),
+            bounce_address: cfg.mmse.bounce_address().to_ascii_lowercase(),
+            local_prefixes: cfg.mmse.local_prefixes.iter().map(|p| digits(p)).collect(),
+            default_peer: cfg.mmse.default_peer.as_deref().and_then(index),
+            peers,
+            routes,
+        }
+    }
+
+    /// Whether a number belongs to our subscribers.
+    pub fn is_local(&self, n: &E164) -> bool {
+        self.local_prefixes
+            .iter()
+            .any(|p| n.digits().starts_with(p.as_str()))
+    }
+
+    /// Static routing of a number: longest matching prefix, else the default peer.
+    pub fn route_number(&self, n: &E164) -> Option<usize> {
+        self.routes
+            .iter()
+            .find(|(p, _)| n.digits().starts_with(p.as_str()))
+            .map(|(_, i)| *i)
+            .or(self.default_peer)
+    }
+
+    /// The peer serving an MMSE domain.
+    pub fn peer_for_domain(&self, d: &Domain) -> Option<usize> {
+        self.peers.iter().position(|p| p.domains.contains(d))
+    }
+
+    /// Peers whose allow list contains `ip` (an empty allow list claims no source).
+    pub fn peers_for_source(&self, ip: IpAddr) -> Vec<usize> {
+        let ip = smtp::driver::canonical_ip(ip);
+        self.peers
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.allow.iter().any(|n| n.contains(&ip)))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Whether `ip` belongs to a peer allowed to send us mail for other MMSEs.
+    pub fn transit_allowed(&self, ip: IpAddr) -> bool {
+        self.peers_for_source(ip)
+            .into_iter()
+            .any(|i| self.peers[i].cfg.transit)
+    }
+
+    /// Classifies an envelope recipient, or gives the refusal (the contract's §4: no open
+    /// relay; unserved numbers of our own domain are unresolved addresses).
+    pub fn classify_rcpt(&self, rcpt: &str, source: IpAddr) -> Result<RcptClass, Reply> {
+        let lower = rcpt.to_ascii_lowercase();
+        if lower == self.system_address {
+            return Ok(RcptClass::System);
+        }
+        if lower == self.bounce_address {
+            return Ok(RcptClass::Bounce);
+        }
+        let addr: Address = rcpt
+            .parse()
+            .map_err(|_| Reply::new(501, (5, 1, 3), format!("<{rcpt}>: not an MMS address")))?;
+        // An unqualified address (deployed relays send them) is meant for us.
+        let ours = addr.domain().is_none_or(|d| *d == self.domain);
+        if ours {
+            return match addr.e164() {
+                Some(n) if self.is_local(n) => Ok(RcptClass::Local(n.clone())),
+                _ => Err(mm4_reply(
+                    550,
+                    (5, 1, 1),
+                    RequestStatus::ErrorSendingAddressUnresolved,
+                    &format!("{} is not served here", addr.local()),
+                )),
+            };
+        }
+        let relay_denied = || {
+            mm4_reply(
+                550,
+                (5, 7, 1),
+                RequestStatus::ErrorServiceDenied,
+                &format!("<{rcpt}>: relaying denied"),
+            )
+        };
+        if !self.transit_allowed(source) {
+            return Err(relay_denied());
+        }
+        let domain = addr.domain().expect("not ours, so qualified");
+        let peer = self
+            .peer_for_domain(domain)
+            .or_else(|| addr.e164().and_then(|n| self.route_number(n)));
+        match peer {
+            Some(peer) => Ok(RcptClass::Transit { peer }),
+            None => Err(relay_denied()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> Directory {
+        let cfg = Config::from_toml(
+            r#"
+[mmse]
+domain = "mms.mnc001.mcc001.gprs"
+local_prefixes = ["+1555"]
+[[peer]]
+name = "b"
+domains = ["mms.mnc002.mcc262.gprs"]
+prefixes = ["+49172"]
+allow = ["127.0.0.2/32"]
+[[peer]]
+name = "hub"
+domains = ["mms.mnc009.mcc208.gprs"]
+prefixes = ["+4917"]
+allow = ["127.0.0.3/32"]
+transit = true
+[[route]]
+prefix = "+33"
+peer = "hub"
+"#,
+        )
+        .unwrap();
+        Directory::new(&cfg)
+    }
+
+    #[test]
+    fn recipients_are_classified() {
+        let d = dir();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let hub: IpAddr = "127.0.0.3".parse().unwrap();
+        assert_eq!(
+            d.classify_rcpt("+15550000001/TYPE=PLMN@mms.mnc001.mcc001.gprs", b),
+            Ok(RcptClass::Local("+15550000001".parse().unwrap()))
+        );
+        // Unqualified: ours.
+        assert!(matches!(
+            d.classify_rcpt("+15550000001/TYPE=PLMN", b),
+            Ok(RcptClass::Local(_))
+        ));
+        assert_eq!(
+            d.classify_rcpt("System-User@mms.mnc001.mcc001.gprs", b),
+            Ok(RcptClass::System)
+        );
+        assert_eq!(
+            d.classify_rcpt("mm4-bounce@mms.mnc001.mcc001.gprs", b),
+            Ok(RcptClass::Bounce)
+        );
+        // Our domain but not our number.
+        let e = d
+            .classify_rcpt("+491790000000/TYPE=PLMN@mms.mnc001.mcc001.gprs", b)
+            .unwrap_err();
+        assert_eq!(
+            (e.code, e.enhanced.unwrap().to_string()),
+            (550, "5.1.1".into())
+        );
+        assert!(e.text().contains("[MM4 Error-sending-address-unresolved]"));
+        // Another MMSE: relaying only for transit peers.
+        let other = "+491721234567/TYPE=PLMN@mms.mnc002.mcc262.gprs";
+        let e = d.classify_rcpt(other, b).unwrap_err();
+        assert_eq!(
+            (e.code, e.enhanced.unwrap().to_string()),
+            (550, "5.7.1".into())
+        );
+        assert_eq!(
+            d.classify_rcpt(other, hub),
+            Ok(RcptClass::Transit { peer: 0 })
+        );
+        // Unknown domain, but a static route for the number.
+        assert_eq!(
+            d.classify_rcpt("+33612345678/TYPE=PLMN@mms.mnc010.mcc208.gprs", hub),
+            Ok(RcptClass::Transit { peer: 1 })
+        );
+        assert!(d.classify_rcpt("user@example.com", hub).is_err());
+        // Someone else's loopback address is nobody's peer.
+        let stranger: IpAddr = "127.0.0.9".parse().unwrap();
+        assert!(d.classify_rcpt(other, stranger).is_err());
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let d = dir();
+        assert_eq!(d.route_number(&"+491721111111".parse().unwrap()), Some(0));
+        assert_eq!(d.route_number(&"+491791111111".parse().unwrap()), Some(1));
+        assert_eq!(d.route_number(&"+3361111".parse().unwrap()), Some(1));
+        assert_eq!(d.route_number(&"+4411111".parse().unwrap()), None);
+    }
+}

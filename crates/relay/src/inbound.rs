@@ -1,0 +1,400 @@
+//! The inbound pipeline: SMTP policy during the dialogue, then classification of each complete
+//! message and one durable commit before the `250`.
+//!
+//! An MM4 forward for our subscribers is filed in their mailboxes (duplicates detected by message
+//! id + originator system + recipient); a forward for another MMSE (from a transit peer) is
+//! queued onwards; a RES, report or capability PDU to our system address and a DSN to our bounce
+//! address are stored as events for the relay to act on. A mail that is not MM4 and cannot be
+//! answered by a RES is refused with `554 5.6.0`.
+
+use std::sync::Arc;
+
+use mm4::{Address, Kind, MessageType, ParseError, RequestStatus};
+use smtp::{codes, MailFrom, PeerInfo, Policy, RcptTo, ReceivedMessage, Reply};
+use store::{Op, OpResult, Spool};
+
+use crate::directory::{mm4_reply, Directory, RcptClass};
+use crate::records::{
+    to_bytes, Event, MessageKind, RcptKind, RecipientState, StoredMessage, StoredRcpt,
+};
+
+/// The SMTP policy: free space at MAIL, recipient classification at RCPT.
+pub struct InboundPolicy {
+    pub dir: Arc<Directory>,
+    pub store: Arc<dyn Spool>,
+    pub min_free_space: u64,
+}
+
+impl Policy for InboundPolicy {
+    fn check_mail(&self, _: &PeerInfo, _: &MailFrom) -> Result<(), Reply> {
+        if self.store.free_space() < self.min_free_space {
+            return Err(codes::storage_full());
+        }
+        Ok(())
+    }
+
+    fn check_rcpt(&self, peer: &PeerInfo, _: &MailFrom, rcpt: &RcptTo) -> Result<(), Reply> {
+        self.dir
+            .classify_rcpt(&rcpt.address, peer.addr.ip())
+            .map(|_| ())
+    }
+}
+
+/// Stores complete messages (the driver's [`smtp::driver::MessageHandler`]).
+pub struct Inbound {
+    pub dir: Arc<Directory>,
+    pub store: Arc<dyn Spool>,
+}
+
+/// What a message becomes: the commit that stores it and the reply once it is durable.
+struct Plan {
+    ops: Vec<Op>,
+    reply: Reply,
+}
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// The domain a PDU claims to come from: its originator system, else its sender, else the
+/// envelope sender.
+fn origin_domain(pdu: &mm4::Pdu<'_>, mail_from: &str) -> Option<String> {
+    pdu.originator_system
+        .as_ref()
+        .or(pdu.sender.as_ref())
+        .and_then(|a| a.domain().map(ToString::to_string))
+        .or_else(|| {
+            mail_from
+                .parse::<Address>()
+                .ok()?
+                .domain()
+                .map(ToString::to_string)
+        })
+}
+
+/// What can still be read from a REQ that failed to parse, to answer it with a RES.
+struct Salvaged {
+    message_type: MessageType,
+    transaction_id: String,
+    reply_to: String,
+}
+
+fn salvage(data: &[u8], mail_from: &str) -> Option<Salvaged> {
+    let split = mm4::header::split(data).ok()?;
+    let mut mt = None;
+    let mut tid = None;
+    let mut reply_to = None;
+    let mut sender = None;
+    for f in &split.fields {
+        if f.is("X-Mms-Message-Type") {
+            mt = f.value().parse::<MessageType>().ok();
+        } else if f.is("X-Mms-Transaction-ID") {
+            tid = Some(mm4::parse::unquote(&f.value()).to_string()).filter(|t| !t.is_empty());
+        } else if f.is("X-Mms-Originator-System") {
+            reply_to = Some(f.value().to_string());
+        } else if f.is("Sender") {
+            sender = Some(f.value().to_string());
+        }
+    }
+    let message_type = mt.filter(|m| !m.is_response())?;
+    let reply_to = reply_to
+        .or(sender)
+        .or_else(|| (!mail_from.is_empty()).then(|| mail_from.to_string()))?;
+    Some(Salvaged {
+        message_type,
+        transaction_id: tid?,
+        reply_to,
+    })
+}
+
+impl Inbound {
+    fn base_record(&self, msg: &ReceivedMessage, kind: MessageKind) -> StoredMessage {
+        let ip = msg.peer.addr.ip();
+        let peer = self
+            .dir
+            .peers_for_source(ip)
+            .first()
+            .map(|i| self.dir.peers[*i].cfg.name.clone());
+        let rcpts = msg
+            .rcpts
+            .iter()
+            .map(|r| {
+                let (kind, peer) = match self.dir.classify_rcpt(&r.address, ip) {
+                    Ok(RcptClass::Local(_)) => (RcptKind::Local, None),
+                    Ok(RcptClass::System) => (RcptKind::System, None),
+                    Ok(RcptClass::Bounce) => (RcptKind::Bounce, None),
+                    Ok(RcptClass::Transit { peer }) => (
+                        RcptKind::Transit,
+                        Some(self.dir.peers[peer].cfg.name.clone()),
+                    ),
+                    // Accepted at RCPT time; configuration cannot change mid-session.
+                    Err(_) => (RcptKind::System, None),
+                };
+                StoredRcpt {
+                    address: r.address.clone(),
+                    kind,
+                    peer,
+                    orcpt: r.orcpt.clone(),
+                }
+            })
+            .collect();
+        StoredMessage {
+            received_at: now_ms(),
+            source: msg.peer.addr.to_string(),
+            peer,
+            helo: msg.helo.clone(),
+            mail_from: msg.mail_from.address.clone(),
+            rcpts,
+            kind,
+            transaction_id: None,
+            mm_message_id: None,
+            originator_system: None,
+            size: msg.data.len(),
+            xmm4_sync: msg.mail_from.xmm4_sync,
+            envid: msg.mail_from.envid.clone(),
+        }
+    }
+
+    /// Decides what a message becomes, without touching the store.
+    fn plan(&self, msg: &ReceivedMessage) -> Result<Plan, Reply> {
+        let to_bounce = msg
+            .rcpts
+            .iter()
+            .any(|r| r.address.eq_ignore_ascii_case(&self.dir.bounce_address));
+        let id = self.store.next_id();
+        let queued = || codes::ok(format!("Ok: queued as {id}"));
+
+        if to_bounce && mm4::dsn::looks_like_dsn(&msg.data) {
+            let mut rec = self.base_record(msg, MessageKind::Dsn);
+            if let Ok(d) = mm4::dsn::parse(&msg.data) {
+                rec.transaction_id = d.transaction_id().map(str::to_string);
+            }
+            return Ok(self.simple_plan(id, msg, rec, Event::Dsn, queued()));
+        }
+
+        let pdu = match mm4::parse(&msg.data) {
+            Ok(p) => p,
+            Err(e) => return self.refusal(id, msg, e, to_bounce),
+        };
+
+        if let Some(reply) = self.check_origin(msg, &pdu) {
+            return Err(reply);
+        }
+
+        let mt = pdu.message_type();
+        let mut rec = self.base_record(
+            msg,
+            MessageKind::Mm4 {
+                message_type: mt.as_str().to_string(),
+            },
+        );
+        rec.transaction_id = Some(pdu.transaction_id.clone());
+        rec.mm_message_id = pdu.mm_message_id().map(str::to_string);
+        rec.originator_system = pdu.response_address().map(ToString::to_string);
+
+        let sync = msg.mail_from.xmm4_sync;
+        let Kind::ForwardReq(_) = &pdu.kind else {
+            // RES, reports, capability PDUs: stored for the relay to act on.
+            let reply = if sync {
+                mm4_reply(
+                    250,
+                    (2, 0, 0),
+                    RequestStatus::Ok,
+                    &format!("\"{}\" accepted", pdu.transaction_id),
+                )
+            } else {
+                queued()
+            };
+            let event = Event::Pdu {
+                message_type: mt.as_str().to_string(),
+            };
+            return Ok(self.simple_plan(id, msg, rec, event, reply));
+        };
+
+        // A forward: file it for local recipients, queue it onwards for transit ones.
+        let origin = pdu
+            .response_address()
+            .map(|a| a.to_string().to_ascii_lowercase())
+            .unwrap_or_else(|| msg.mail_from.address.to_ascii_lowercase());
+        let mm_id = pdu.mm_message_id().unwrap_or_default().to_string();
+        let mut ops = Vec::new();
+        let mut local = Vec::new();
+        let mut transit = Vec::new();
+        let mut idx = 0u32;
+        for (r, stored) in msg.rcpts.iter().zip(&rec.rcpts) {
+            match self.dir.classify_rcpt(&r.address, msg.peer.addr.ip()) {
+                Ok(RcptClass::Local(n)) => {
+                    local.push(n.to_string());
+                    ops.push(Op::Deliver {
+                        dedupe_key: format!("{mm_id}|{origin}|{n}"),
+                        address: n.to_string(),
+                        id,
+                    });
+                }
+                Ok(RcptClass::Transit { .. }) => {
+                    ops.push(Op::SetRecipient {
+                        id,
+                        idx,
+                        state: to_bytes(&RecipientState {
+                            address: r.address.clone(),
+                            state: "queued".into(),
+                            peer: stored.peer.clone(),
+                        }),
+                        due: Some(now_ms().max(0) as u64),
+                        old_due: None,
+                    });
+                    idx += 1;
+                    transit.push(r.address.clone());
+                }
+                _ => {}
+            }
+        }
+        let reply = if sync {
+            mm4_reply(
+                250,
+                (2, 0, 0),
+                RequestStatus::Ok,
+                &format!("\"{}\" accepted", pdu.transaction_id),
+            )
+        } else {
+            queued()
+        };
+        let event = Event::ForwardReceived {
+            ack_request: pdu.ack_requested(),
+            res_in_reply: sync,
+            local,
+            transit,
+        };
+        let mut all = vec![Op::PutMessage {
+            id,
+            meta: to_bytes(&rec),
+            body: msg.data.clone(),
+        }];
+        all.extend(ops);
+        all.push(Op::PutEvent {
+            id,
+            event: to_bytes(&event),
+        });
+        Ok(Plan { ops: all, reply })
+    }
+
+    fn simple_plan(
+        &self,
+        id: store::MsgId,
+        msg: &ReceivedMessage,
+        rec: StoredMessage,
+        event: Event,
+        reply: Reply,
+    ) -> Plan {
+        Plan {
+            ops: vec![
+                Op::PutMessage {
+                    id,
+                    meta: to_bytes(&rec),
+                    body: msg.data.clone(),
+                },
+                Op::PutEvent {
+                    id,
+                    event: to_bytes(&event),
+                },
+            ],
+            reply,
+        }
+    }
+
+    /// A peer may only speak for its own MMSE domains (originator-system spoofing).
+    fn check_origin(&self, msg: &ReceivedMessage, pdu: &mm4::Pdu<'_>) -> Option<Reply> {
+        let domain: mm4::Domain = origin_domain(pdu, &msg.mail_from.address)?.parse().ok()?;
+        let owner = self.dir.peer_for_domain(&domain)?;
+        let peer = &self.dir.peers[owner];
+        let ip = smtp::driver::canonical_ip(msg.peer.addr.ip());
+        if peer.allow.is_empty() || peer.allow.iter().any(|n| n.contains(&ip)) {
+            return None;
+        }
+        Some(mm4_reply(
+            550,
+            (5, 7, 1),
+            RequestStatus::ErrorServiceDenied,
+            &format!(
+                "{domain} belongs to peer {} which does not send from {ip}",
+                peer.cfg.name
+            ),
+        ))
+    }
+
+    /// A mail that is not a readable MM4 PDU.
+    fn refusal(
+        &self,
+        id: store::MsgId,
+        msg: &ReceivedMessage,
+        e: ParseError,
+        to_bounce: bool,
+    ) -> Result<Plan, Reply> {
+        if to_bounce && matches!(e, ParseError::NotMm4 | ParseError::Syntax(_)) {
+            // A bounce in some non-standard format: kept, correlated later if possible.
+            let rec = self.base_record(msg, MessageKind::Bounce);
+            return Ok(self.simple_plan(
+                id,
+                msg,
+                rec,
+                Event::Bounce,
+                codes::ok(format!("Ok: queued as {id}")),
+            ));
+        }
+        let status = e.status();
+        let refuse = || mm4_reply(554, (5, 6, 0), status, &e.to_string());
+        if msg.mail_from.xmm4_sync {
+            return Err(refuse());
+        }
+        // A REQ we can still answer gets its error through a RES; anything else is refused now.
+        let Some(s) = salvage(&msg.data, &msg.mail_from.address) else {
+            return Err(refuse());
+        };
+        let mut rec = self.base_record(
+            msg,
+            MessageKind::Refused {
+                message_type: s.message_type.as_str().into(),
+            },
+        );
+        rec.transaction_id = Some(s.transaction_id.clone());
+        let event = Event::Refused {
+            message_type: s.message_type.as_str().into(),
+            transaction_id: s.transaction_id,
+            status: status.as_str().into(),
+            reason: e.to_string(),
+            reply_to: s.reply_to,
+        };
+        Ok(self.simple_plan(
+            id,
+            msg,
+            rec,
+            event,
+            codes::ok(format!("Ok: queued as {id}")),
+        ))
+    }
+}
+
+impl smtp::driver::MessageHandler for Inbound {
+    async fn commit(&self, msg: ReceivedMessage) -> Reply {
+        let plan = match self.plan(&msg) {
+            Ok(p) => p,
+            Err(reply) => return reply,
+        };
+        match self.store.commit(plan.ops).await {
+            Ok(results) => {
+                let dups = results
+                    .iter()
+                    .filter(|r| matches!(r, OpResult::Duplicate(_)))
+                    .count();
+                if dups > 0 {
+                    tracing::info!(duplicates = dups, "duplicate forward: not delivered again");
+                }
+                plan.reply
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "message not stored");
+                codes::storage_failed()
+            }
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! The MMS Relay/Server: configuration, who is who, the inbound pipeline.
+
+pub mod config;
+pub mod directory;
+pub mod inbound;
+pub mod records;
+pub mod tls;

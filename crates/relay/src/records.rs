@@ -1,0 +1,106 @@
+//! What the relay keeps in the store, as serialized records. The store sees bytes; these types
+//! are the one definition of what the bytes mean.
+
+use serde::{Deserialize, Serialize};
+
+/// How an envelope recipient was classified when the message came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RcptKind {
+    Local,
+    System,
+    Bounce,
+    Transit,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredRcpt {
+    pub address: String,
+    pub kind: RcptKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orcpt: Option<String>,
+}
+
+/// What a stored message is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    /// An MM4 PDU of the named type.
+    Mm4 { message_type: String },
+    /// An RFC 3464 delivery status notification.
+    Dsn,
+    /// A bounce that is not RFC 3464 (correlated from returned headers if possible).
+    Bounce,
+    /// An MM4 REQ we refused; a RES with the error is owed.
+    Refused { message_type: String },
+}
+
+/// The metadata of a stored message (its body is stored beside it, once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    /// Unix time in milliseconds.
+    pub received_at: i64,
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    pub helo: String,
+    pub mail_from: String,
+    pub rcpts: Vec<StoredRcpt>,
+    pub kind: MessageKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mm_message_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub originator_system: Option<String>,
+    pub size: usize,
+    #[serde(default)]
+    pub xmm4_sync: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envid: Option<String>,
+}
+
+/// Work for the relay, filed in the same commit as the message it is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A forward arrived for `local` subscribers (each filed unless its de-duplication key was
+    /// known: then it is a resend after a lost RES, to be answered again and delivered once —
+    /// the dedupe table says which message first carried it) and queued onwards for `transit`.
+    ForwardReceived {
+        ack_request: bool,
+        /// The RES was folded into the SMTP reply (XMM4 SYNC): no RES mail is owed.
+        res_in_reply: bool,
+        local: Vec<String>,
+        transit: Vec<String>,
+    },
+    /// A RES, report or capability PDU to act on.
+    Pdu { message_type: String },
+    /// A DSN arrived at the bounce address.
+    Dsn,
+    /// A non-RFC-3464 bounce arrived at the bounce address.
+    Bounce,
+    /// A REQ was refused; a RES with `status` goes to `reply_to`.
+    Refused {
+        message_type: String,
+        transaction_id: String,
+        status: String,
+        reason: String,
+        reply_to: String,
+    },
+}
+
+/// State of one outbound recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientState {
+    pub address: String,
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+}
+
+pub fn to_bytes<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records always serialize")
+}
