@@ -1,0 +1,338 @@
+//! Test support: run the real `mmsrelay serve` on loopback with its own store and config, and
+//! talk SMTP to it over real sockets.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const DOMAIN: &str = "mms.mnc001.mcc001.gprs";
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let p = std::env::temp_dir().join(format!("mmsrelay-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port(ip: &str) -> u16 {
+    TcpListener::bind(format!("{ip}:0"))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running relay process.
+pub struct Relay {
+    pub child: Child,
+    pub smtp: SocketAddr,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+}
+
+/// A config for a relay on `ip` with local prefix +1555 and peer B (`mms.mnc002.mcc262.gprs`,
+/// sending from 127.0.0.2), plus `extra` TOML (appended, may add keys to `[smtp]` through
+/// `smtp_extra`).
+pub fn config(dir: &Path, smtp: SocketAddr, smtp_extra: &str, extra: &str) -> String {
+    format!(
+        r#"
+[mmse]
+domain = "{DOMAIN}"
+local_prefixes = ["+1555"]
+
+[smtp]
+listen = ["{smtp}"]
+{smtp_extra}
+
+[api]
+listen = "127.0.0.1:{api}"
+
+[store]
+path = "{store}"
+
+[[peer]]
+name = "operator-b"
+domains = ["mms.mnc002.mcc262.gprs"]
+prefixes = ["+49172"]
+allow = ["127.0.0.2/32"]
+
+{extra}
+"#,
+        api = free_port("127.0.0.1"),
+        store = dir.join("data").display()
+    )
+}
+
+impl Relay {
+    /// Starts `mmsrelay serve -c <dir>/mmsrelay.toml` and waits until SMTP answers.
+    pub fn start(dir: &Path, toml: &str, smtp: SocketAddr) -> Relay {
+        let config = dir.join("mmsrelay.toml");
+        std::fs::write(&config, toml).unwrap();
+        Self::spawn(dir, config, smtp)
+    }
+
+    pub fn spawn(dir: &Path, config: PathBuf, smtp: SocketAddr) -> Relay {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("relay.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_mmsrelay"))
+            .args(["serve", "-c"])
+            .arg(&config)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let r = Relay {
+            child,
+            smtp,
+            dir: dir.to_path_buf(),
+            config,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(smtp).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "relay did not start: {}",
+                r.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        r
+    }
+
+    pub fn restart(&mut self) {
+        let _ = self.child.wait();
+        let next = Relay::spawn(&self.dir, self.config.clone(), self.smtp);
+        *self = next;
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("relay.log")).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        self.child.wait().unwrap()
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal blocking SMTP client for tests.
+pub struct Client {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        Self::connect_from(addr, None)
+    }
+
+    /// Connects from a chosen loopback source address (127.0.0.2 is operator B).
+    pub fn connect_from(addr: SocketAddr, source: Option<&str>) -> Client {
+        let stream = match source {
+            None => TcpStream::connect(addr).unwrap(),
+            Some(ip) => {
+                let sock = socket2_connect(ip, addr);
+                sock
+            }
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Client { stream, reader }
+    }
+
+    /// Reads one (possibly multi-line) reply; the whole text, lines joined by `\n`.
+    pub fn reply(&mut self) -> String {
+        let mut all = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).unwrap_or(0);
+            if n == 0 {
+                all.push("<closed>".to_string());
+                break;
+            }
+            let l = line.trim_end().to_string();
+            let last = l.as_bytes().get(3) != Some(&b'-');
+            all.push(l);
+            if last {
+                break;
+            }
+        }
+        all.join("\n")
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// Greeting + EHLO.
+    pub fn hello(&mut self) -> String {
+        let g = self.reply();
+        assert!(g.starts_with("220 "), "{g}");
+        self.cmd("EHLO client.test")
+    }
+
+    /// One whole transaction; returns the final reply.
+    pub fn transaction(&mut self, from: &str, rcpts: &[&str], data: &[u8]) -> String {
+        let r = self.cmd(&format!("MAIL FROM:<{from}>"));
+        if !r.starts_with("250") {
+            return r;
+        }
+        let mut ok = 0;
+        let mut last = String::new();
+        for rc in rcpts {
+            last = self.cmd(&format!("RCPT TO:<{rc}>"));
+            if last.starts_with("250") {
+                ok += 1;
+            }
+        }
+        if ok == 0 {
+            self.cmd("RSET");
+            return last;
+        }
+        let r = self.cmd("DATA");
+        assert!(r.starts_with("354"), "{r}");
+        self.send(&dot_stuff(data));
+        self.send(b".\r\n");
+        self.reply()
+    }
+
+    /// Reads until the server closes the connection; what it said.
+    pub fn read_to_close(&mut self) -> String {
+        let mut s = String::new();
+        let _ = self.reader.read_to_string(&mut s);
+        s
+    }
+}
+
+fn socket2_connect(ip: &str, addr: SocketAddr) -> TcpStream {
+    // std has no bind-before-connect; do it through libc.
+    use std::os::fd::FromRawFd;
+    let src: std::net::Ipv4Addr = ip.parse().unwrap();
+    let SocketAddr::V4(dst) = addr else {
+        panic!("IPv4 only")
+    };
+    // SAFETY: plain socket calls on a descriptor we own; the sockaddr structs are fully set.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as u16;
+        sa.sin_addr.s_addr = u32::from(src).to_be();
+        sa.sin_port = 0;
+        let r = libc::bind(
+            fd,
+            &sa as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
+        assert_eq!(r, 0, "bind {ip}");
+        let mut da: libc::sockaddr_in = std::mem::zeroed();
+        da.sin_family = libc::AF_INET as u16;
+        da.sin_addr.s_addr = u32::from(*dst.ip()).to_be();
+        da.sin_port = dst.port().to_be();
+        let r = libc::connect(
+            fd,
+            &da as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
+        assert_eq!(r, 0, "connect from {ip} to {addr}");
+        TcpStream::from_raw_fd(fd)
+    }
+}
+
+/// Dot-stuffs and CRLF-terminates message data for DATA.
+pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 16);
+    let mut at_line_start = true;
+    for &b in data {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// An MM4 forward from operator B to `to` (a +1555 number), with a unique transaction and MM id.
+pub fn forward(tid: &str, to: &str, body_len: usize) -> Vec<u8> {
+    let mut m = format!(
+        "X-Mms-3GPP-MMS-Version: 6.16.0\r\n\
+X-Mms-Message-Type: MM4_forward.REQ\r\n\
+X-Mms-Transaction-ID: \"{tid}\"\r\n\
+X-Mms-Message-ID: \"{tid}@mms.mnc002.mcc262.gprs\"\r\n\
+Date: Wed, 25 Nov 2026 12:34:56 +0100\r\n\
+From: +491721234567/TYPE=PLMN\r\n\
+To: {to}/TYPE=PLMN\r\n\
+X-Mms-Ack-Request: Yes\r\n\
+X-Mms-Originator-System: system-user@mms.mnc002.mcc262.gprs\r\n\
+MIME-Version: 1.0\r\n\
+Content-Type: text/plain; charset=us-ascii\r\n\r\n"
+    )
+    .into_bytes();
+    let line = b"0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\r\n";
+    while m.len() < body_len {
+        m.extend_from_slice(line);
+    }
+    m
+}
+
+pub fn sender_b() -> &'static str {
+    "+491721234567/TYPE=PLMN@mms.mnc002.mcc262.gprs"
+}
+
+pub fn local(n: &str) -> String {
+    format!("{n}/TYPE=PLMN@{DOMAIN}")
+}
