@@ -173,10 +173,7 @@ impl Client {
     pub fn connect_from(addr: SocketAddr, source: Option<&str>) -> Client {
         let stream = match source {
             None => TcpStream::connect(addr).unwrap(),
-            Some(ip) => {
-                let sock = socket2_connect(ip, addr);
-                sock
-            }
+            Some(ip) => socket2_connect(ip, addr),
         };
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
