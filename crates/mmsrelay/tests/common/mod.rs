@@ -251,7 +251,12 @@ impl Client {
     }
 }
 
-fn socket2_connect(ip: &str, addr: SocketAddr) -> TcpStream {
+pub fn socket2_connect(ip: &str, addr: SocketAddr) -> TcpStream {
+    try_connect_from(ip, addr).unwrap_or_else(|| panic!("connect from {ip} to {addr}"))
+}
+
+/// Connects from a chosen loopback source; `None` when nobody listens.
+pub fn try_connect_from(ip: &str, addr: SocketAddr) -> Option<TcpStream> {
     // std has no bind-before-connect; do it through libc.
     use std::os::fd::FromRawFd;
     let src: std::net::Ipv4Addr = ip.parse().unwrap();
@@ -271,7 +276,10 @@ fn socket2_connect(ip: &str, addr: SocketAddr) -> TcpStream {
             &sa as *const _ as *const libc::sockaddr,
             std::mem::size_of::<libc::sockaddr_in>() as u32,
         );
-        assert_eq!(r, 0, "bind {ip}");
+        if r != 0 {
+            libc::close(fd);
+            return None;
+        }
         let mut da: libc::sockaddr_in = std::mem::zeroed();
         da.sin_family = libc::AF_INET as u16;
         da.sin_addr.s_addr = u32::from(*dst.ip()).to_be();
@@ -281,8 +289,11 @@ fn socket2_connect(ip: &str, addr: SocketAddr) -> TcpStream {
             &da as *const _ as *const libc::sockaddr,
             std::mem::size_of::<libc::sockaddr_in>() as u32,
         );
-        assert_eq!(r, 0, "connect from {ip} to {addr}");
-        TcpStream::from_raw_fd(fd)
+        if r != 0 {
+            libc::close(fd);
+            return None;
+        }
+        Some(TcpStream::from_raw_fd(fd))
     }
 }
 
