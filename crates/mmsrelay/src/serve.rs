@@ -108,6 +108,12 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     drop(handler);
     drop(policy);
     drop(spool);
+    let stats = store.stats();
+    tracing::info!(
+        "store: commits={} syncs={}",
+        stats.commits.load(std::sync::atomic::Ordering::Relaxed),
+        stats.syncs.load(std::sync::atomic::Ordering::Relaxed)
+    );
     // The last reference: the writer drains its queue and the file is closed.
     drop(store);
     tracing::info!("stopped");
