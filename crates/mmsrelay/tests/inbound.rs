@@ -406,3 +406,106 @@ fn serve_refuses_an_invalid_config_with_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown"));
 }
+
+/// Unmounts on drop, so a failing test leaves no mount behind.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_gives_451_never_250() {
+    let dir = TempDir::new("diskfull");
+    let data = dir.0.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    // A real file system that fills up: a 3 MB tmpfs for the store (we run as root).
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&data)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mounting a tmpfs needs root");
+    let _mount = Mount(data.clone());
+    let smtp: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
+        .parse()
+        .unwrap();
+    let cfg = config(&dir.0, smtp, "min_free_space = 0", "");
+    let mut relay = Relay::start(&dir.0, &cfg, smtp);
+    let mut c = Client::connect_from(relay.smtp, Some("127.0.0.2"));
+    c.hello();
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for i in 0..60 {
+        let tid = format!("F-{i}");
+        let r = c.transaction(
+            sender_b(),
+            &[&local("+15550000001")],
+            &forward(&tid, "+15550000001", 100_000),
+        );
+        if r.starts_with("250") {
+            accepted.push(tid);
+        } else {
+            assert_eq!(
+                r,
+                "451 4.3.0 Local error in processing: message not stored, try again"
+            );
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "3 MB cannot hold 6 MB of mail");
+    assert!(!accepted.is_empty());
+    relay.kill9();
+    // Every 250 is in the store; nothing else is.
+    let s = store::Embedded::open(&relay.store_path()).unwrap();
+    let filed: Vec<String> = s
+        .mailbox("+15550000001")
+        .unwrap()
+        .into_iter()
+        .map(|id| {
+            let m: serde_json::Value =
+                serde_json::from_slice(&s.message(id).unwrap().unwrap()).unwrap();
+            m["transaction_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(filed, accepted);
+}
+
+#[test]
+fn deeply_nested_mime_passes_as_opaque_bytes() {
+    let (_d, relay) = start("mime", "max_message_size = 1048576", "");
+    let mut m = String::from_utf8(forward("N-1", "+15550000001", 0)).unwrap();
+    m = m.replace(
+        "Content-Type: text/plain; charset=us-ascii",
+        "Content-Type: multipart/mixed; boundary=\"b0\"",
+    );
+    for i in 0..2000 {
+        m.push_str(&format!(
+            "--b{i}\r\nContent-Type: multipart/mixed; boundary=\"b{}\"\r\n\r\n",
+            i + 1
+        ));
+    }
+    m.push_str("never closed\r\n");
+    let mut c = Client::connect_from(relay.smtp, Some("127.0.0.2"));
+    c.hello();
+    let t = Instant::now();
+    let r = c.transaction(sender_b(), &[&local("+15550000001")], m.as_bytes());
+    assert!(r.starts_with("250"), "{r}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    // Inspecting it (which lists parts through mail-parser) is bounded too.
+    let path = _d.0.join("nested.eml");
+    std::fs::write(&path, &m).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mmsrelay"))
+        .arg("inspect")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -779,7 +779,9 @@ impl Session {
         if self.state == State::AwaitCommit {
             self.state = State::Command;
         }
-        self.reply(reply);
+        // Not counted towards the error limit: a verdict on the content or our own storage
+        // trouble is no misbehaviour of the client.
+        reply.write_to(&mut self.out);
     }
 
     fn starttls(&mut self) -> Option<Step> {
