@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod directory;
+pub mod dns;
 pub mod inbound;
 pub mod records;
 pub mod tls;

@@ -1,6 +1,8 @@
 //! Sans-IO ESMTP for mmsrelay: the server session ([`server`]), replies with enhanced status
 //! codes ([`reply`]), and the thin tokio driver and listener ([`driver`]).
 
+pub mod client;
+pub mod client_driver;
 pub mod driver;
 pub mod reply;
 pub mod server;
