@@ -109,6 +109,24 @@ impl Directory {
             .or(self.default_peer)
     }
 
+    /// Static routing only (peer prefixes and `[[route]]`s, longest first), no default.
+    pub fn route_static(&self, n: &E164) -> Option<usize> {
+        self.routes
+            .iter()
+            .find(|(p, _)| n.digits().starts_with(p.as_str()))
+            .map(|(_, i)| *i)
+    }
+
+    /// The route of last resort.
+    pub fn default_peer(&self) -> Option<usize> {
+        self.default_peer
+    }
+
+    /// The peer of a name.
+    pub fn peer_by_name(&self, name: &str) -> Option<usize> {
+        self.peers.iter().position(|p| p.cfg.name == name)
+    }
+
     /// The peer serving an MMSE domain.
     pub fn peer_for_domain(&self, d: &Domain) -> Option<usize> {
         self.peers.iter().position(|p| p.domains.contains(d))

@@ -15,7 +15,7 @@ use store::{Op, OpResult, Spool};
 
 use crate::directory::{mm4_reply, Directory, RcptClass};
 use crate::records::{
-    to_bytes, Event, MessageKind, RcptKind, RecipientState, StoredMessage, StoredRcpt,
+    to_bytes, Event, MessageKind, RcptKind, RcptState, RecipientState, StoredMessage, StoredRcpt,
 };
 
 /// The SMTP policy: free space at MAIL, recipient classification at RCPT.
@@ -52,7 +52,7 @@ struct Plan {
     reply: Reply,
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
@@ -152,6 +152,10 @@ impl Inbound {
             size: msg.data.len(),
             xmm4_sync: msg.mail_from.xmm4_sync,
             envid: msg.mail_from.envid.clone(),
+            expires_at: None,
+            originated: false,
+            from: None,
+            subject: None,
         }
     }
 
@@ -232,15 +236,20 @@ impl Inbound {
                     });
                 }
                 Ok(RcptClass::Transit { .. }) => {
+                    let now = now_ms();
+                    let mut st = RecipientState::new(
+                        r.address.clone(),
+                        RcptState::Queued,
+                        stored.peer.clone(),
+                        now,
+                    );
+                    st.tid = Some(pdu.transaction_id.clone());
+                    st.due = Some(now.max(0) as u64);
                     ops.push(Op::SetRecipient {
                         id,
                         idx,
-                        state: to_bytes(&RecipientState {
-                            address: r.address.clone(),
-                            state: "queued".into(),
-                            peer: stored.peer.clone(),
-                        }),
-                        due: Some(now_ms().max(0) as u64),
+                        state: to_bytes(&st),
+                        due: st.due,
                         old_due: None,
                     });
                     idx += 1;

@@ -4,5 +4,7 @@ pub mod config;
 pub mod directory;
 pub mod dns;
 pub mod inbound;
+pub mod outbound;
 pub mod records;
+pub mod routing;
 pub mod tls;

@@ -60,6 +60,16 @@ pub struct StoredMessage {
     pub xmm4_sync: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envid: Option<String>,
+    /// When undelivered recipients expire (unix ms): X-Mms-Expiry, else the queue lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+    /// We are the originator R/S of this MM (submitted through the API), not a transit hop.
+    #[serde(default)]
+    pub originated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
 }
 
 /// Work for the relay, filed in the same commit as the message it is about.
@@ -92,13 +102,111 @@ pub enum Event {
     },
 }
 
+/// Where one recipient of an MM stands (the contract's recipient states).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RcptState {
+    Queued,
+    Deferred,
+    Forwarded,
+    Acknowledged,
+    Delivered,
+    Read,
+    DeletedUnread,
+    Failed,
+    Expired,
+    Rejected,
+    DeliveredLocal,
+}
+
+impl RcptState {
+    /// Whether the scheduler still has work for this recipient.
+    pub fn is_pending(&self) -> bool {
+        matches!(self, RcptState::Queued | RcptState::Deferred)
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RcptState::Queued => "queued",
+            RcptState::Deferred => "deferred",
+            RcptState::Forwarded => "forwarded",
+            RcptState::Acknowledged => "acknowledged",
+            RcptState::Delivered => "delivered",
+            RcptState::Read => "read",
+            RcptState::DeletedUnread => "deleted_unread",
+            RcptState::Failed => "failed",
+            RcptState::Expired => "expired",
+            RcptState::Rejected => "rejected",
+            RcptState::DeliveredLocal => "delivered_local",
+        }
+    }
+}
+
+/// One entry of a recipient's timeline, with the raw evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineEvent {
+    /// Unix time in milliseconds.
+    pub at: i64,
+    pub event: String,
+    pub detail: String,
+}
+
 /// State of one outbound recipient.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecipientState {
+    /// The full envelope address.
     pub address: String,
-    pub state: String,
+    pub state: RcptState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_text: Option<String>,
+    #[serde(default)]
+    pub attempts: u32,
+    /// The entry of this recipient in the due index (to move or remove it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due: Option<u64>,
+    /// The transaction id of the REQ that carries this recipient (one per recipient MMSE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tid: Option<String>,
+    #[serde(default)]
+    pub events: Vec<TimelineEvent>,
+}
+
+impl RecipientState {
+    pub fn new(address: String, state: RcptState, peer: Option<String>, at: i64) -> Self {
+        RecipientState {
+            address,
+            state,
+            peer,
+            status_code: None,
+            status_text: None,
+            attempts: 0,
+            due: None,
+            tid: None,
+            events: vec![TimelineEvent {
+                at,
+                event: state.as_str().into(),
+                detail: String::new(),
+            }],
+        }
+    }
+
+    /// Moves to `state`, recording it on the timeline with its evidence.
+    pub fn set(&mut self, state: RcptState, at: i64, detail: impl Into<String>) {
+        self.state = state;
+        self.events.push(TimelineEvent {
+            at,
+            event: state.as_str().into(),
+            detail: detail.into(),
+        });
+        // A recipient with a very long history keeps its first and latest entries.
+        if self.events.len() > 200 {
+            self.events.drain(1..101);
+        }
+    }
 }
 
 pub fn to_bytes<T: Serialize>(v: &T) -> Vec<u8> {
