@@ -23,6 +23,8 @@ pub enum ServeError {
     Bind { addr: String, reason: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("dns: {0}")]
+    Dns(String),
 }
 
 /// The versions we understand, advertised in `XMM4 V=…`.
@@ -40,6 +42,56 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     let handler = Arc::new(Inbound {
         dir: dir.clone(),
         store: spool.clone(),
+        lifetime: cfg.queue.lifetime.0,
+    });
+    let dns = Arc::new(
+        relay::dns::Dns::new(&cfg.dns.servers).map_err(|e| ServeError::Dns(e.to_string()))?,
+    );
+    let router = Arc::new(relay::routing::Router {
+        dir: dir.clone(),
+        dns,
+        enum_suffixes: cfg.dns.enum_suffixes.clone(),
+        mx_port: cfg.dns.mx_port,
+    });
+    let clock: Arc<dyn relay::outbound::Clock> = Arc::new(relay::outbound::SystemClock);
+    let domain: mm4::Domain = cfg
+        .mmse
+        .domain
+        .parse()
+        .map_err(|_| ServeError::Dns("mmse.domain".into()))?;
+    let outbound = relay::outbound::Outbound::new(
+        spool.clone(),
+        router.clone(),
+        clock.clone(),
+        relay::outbound::OutboundConfig {
+            retry: relay::outbound::RetryPolicy {
+                initial: cfg.queue.retry_initial.0,
+                max: cfg.queue.retry_max.0,
+            },
+            bounce_address: cfg.mmse.bounce_address(),
+            client: smtp::client_driver::ClientConfig {
+                helo: cfg.mmse.hostname(),
+                timeouts: smtp::client_driver::Timeouts::default(),
+                tls: smtp::client_driver::TlsMode::Opportunistic,
+                tls_server_name: "mmsc.peer.invalid".into(),
+                connector: smtp::client_driver::unverified_connector(),
+            },
+            our_domain: domain.clone(),
+        },
+    );
+    let api = Arc::new(relay::api::Api {
+        store: spool.clone(),
+        router: router.clone(),
+        outbound: outbound.clone(),
+        clock: clock.clone(),
+        submit: relay::submit::SubmitConfig {
+            domain,
+            system_address: cfg.mmse.system_address(),
+            lifetime: cfg.queue.lifetime.0,
+            max_size: cfg.smtp.max_message_size,
+        },
+        token: cfg.api.token.clone(),
+        ready: std::sync::atomic::AtomicBool::new(false),
     });
     let tls = match (&cfg.smtp.tls_cert, &cfg.smtp.tls_key) {
         (Some(c), Some(k)) => Some(tokio_rustls::TlsAcceptor::from(relay::tls::server_config(
@@ -91,6 +143,24 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
             stop_rx.clone(),
         ));
     }
+    let api_listener = TcpListener::bind(cfg.api.listen)
+        .await
+        .map_err(|e| ServeError::Bind {
+            addr: format!("api.listen {}", cfg.api.listen),
+            reason: e.to_string(),
+        })?;
+    tracing::info!(addr = %api_listener.local_addr()?, "API listening");
+    let mut api_stop = stop_rx.clone();
+    let api_routes = relay::api::routes(api.clone());
+    let api_task = tokio::spawn(async move {
+        axum::serve(api_listener, api_routes)
+            .with_graceful_shutdown(async move {
+                let _ = api_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    let scheduler = tokio::spawn(outbound.clone().run(stop_rx.clone()));
+    api.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(domain = %cfg.mmse.domain, store = %cfg.store.path.display(), "mmsrelay running");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -105,6 +175,11 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
             tracing::warn!(error = %e, "listener ended with an error");
         }
     }
+    let _ = scheduler.await;
+    let _ = api_task.await;
+    drop(api);
+    drop(outbound);
+    drop(router);
     drop(handler);
     drop(policy);
     drop(spool);

@@ -248,6 +248,13 @@ pub struct DnsConfig {
     pub servers: Vec<SocketAddr>,
     #[serde(default = "default_suffixes")]
     pub enum_suffixes: Vec<String>,
+    /// Port of MX targets (25 on the GRX; a test bed may use another).
+    #[serde(default = "default_mx_port")]
+    pub mx_port: u16,
+}
+
+fn default_mx_port() -> u16 {
+    25
 }
 
 fn default_suffixes() -> Vec<String> {
@@ -259,6 +266,7 @@ impl Default for DnsConfig {
         DnsConfig {
             servers: Vec::new(),
             enum_suffixes: default_suffixes(),
+            mx_port: default_mx_port(),
         }
     }
 }

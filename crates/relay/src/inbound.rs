@@ -44,6 +44,8 @@ impl Policy for InboundPolicy {
 pub struct Inbound {
     pub dir: Arc<Directory>,
     pub store: Arc<dyn Spool>,
+    /// How long a transit forward without `X-Mms-Expiry` is kept trying.
+    pub lifetime: std::time::Duration,
 }
 
 /// What a message becomes: the commit that stores it and the reply once it is durable.
@@ -257,6 +259,15 @@ impl Inbound {
                 }
                 _ => {}
             }
+        }
+        if !transit.is_empty() {
+            let now = time::OffsetDateTime::now_utc();
+            let expiry = match &pdu.kind {
+                Kind::ForwardReq(f) => f.expiry.map(|e| e.resolve(pdu.date.unwrap_or(now))),
+                _ => None,
+            };
+            let at = expiry.unwrap_or(now + self.lifetime);
+            rec.expires_at = Some((at.unix_timestamp_nanos() / 1_000_000) as i64);
         }
         let reply = if sync {
             mm4_reply(

@@ -1,5 +1,6 @@
 //! The MMS Relay/Server: configuration, who is who, the inbound pipeline.
 
+pub mod api;
 pub mod config;
 pub mod directory;
 pub mod dns;
@@ -7,4 +8,5 @@ pub mod inbound;
 pub mod outbound;
 pub mod records;
 pub mod routing;
+pub mod submit;
 pub mod tls;

@@ -58,7 +58,7 @@ impl ReplyReader {
     }
 
     /// The next complete reply, if buffered.
-    pub fn next(&mut self) -> Result<Option<Reply>, ReplyError> {
+    pub fn next_reply(&mut self) -> Result<Option<Reply>, ReplyError> {
         loop {
             let Some(nl) = memchr::memchr(b'\n', &self.buf) else {
                 if self.buf.len() > MAX_REPLY_LINE {
@@ -493,7 +493,7 @@ mod tests {
         let mut r = ReplyReader::new();
         r.feed(bytes);
         let mut out = Vec::new();
-        while let Some(x) = r.next().unwrap() {
+        while let Some(x) = r.next_reply().unwrap() {
             out.push(x);
         }
         out
@@ -513,12 +513,12 @@ mod tests {
         assert_eq!(rs[1].lines, vec!["unknown"]);
         let mut r = ReplyReader::new();
         r.feed(b"250-partial\r\n");
-        assert_eq!(r.next().unwrap(), None);
+        assert_eq!(r.next_reply().unwrap(), None);
         r.feed(b"hello\r\n");
-        assert!(r.next().is_err());
+        assert!(r.next_reply().is_err());
         let mut r = ReplyReader::new();
         r.feed(&[b'2'; MAX_REPLY_LINE + 10]);
-        assert_eq!(r.next(), Err(ReplyError::TooLong));
+        assert_eq!(r.next_reply(), Err(ReplyError::TooLong));
     }
 
     #[test]

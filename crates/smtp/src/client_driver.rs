@@ -174,7 +174,7 @@ impl Connection {
         let fut = async {
             let mut buf = [0u8; 4096];
             loop {
-                if let Some(r) = self.reader.next()? {
+                if let Some(r) = self.reader.next_reply()? {
                     return Ok(r);
                 }
                 let n = self.stream.read(&mut buf).await?;
