@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod client;
 mod inspect;
 mod serve;
 
@@ -42,6 +43,33 @@ enum Command {
     },
     /// Validate a configuration file; prints each problem with its key path, exit 2 if invalid.
     CheckConfig { file: PathBuf },
+    /// Submit an MM through the API; prints its id.
+    Send {
+        #[arg(long, default_value = "http://127.0.0.1:8025")]
+        api: String,
+        #[arg(long)]
+        from: String,
+        #[arg(long, num_args = 1.., required = true)]
+        to: Vec<String>,
+        #[arg(long, num_args = 1..)]
+        cc: Vec<String>,
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long)]
+        text: Option<String>,
+        #[arg(long, num_args = 1..)]
+        attach: Vec<PathBuf>,
+        #[arg(long)]
+        delivery_report: bool,
+        #[arg(long)]
+        read_reply: bool,
+    },
+    /// Print a message's per-recipient states and timeline.
+    Status {
+        #[arg(long, default_value = "http://127.0.0.1:8025")]
+        api: String,
+        id: String,
+    },
     /// Parse one mail as MM4 (or a DSN) and print it as JSON; exit 3 when it is refused.
     Inspect {
         /// The mail file, or `-` for standard input.
@@ -118,6 +146,46 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Send {
+            api,
+            from,
+            to,
+            cc,
+            subject,
+            text,
+            attach,
+            delivery_report,
+            read_reply,
+        } => match client::send(client::SendArgs {
+            api,
+            from,
+            to,
+            cc,
+            subject,
+            text,
+            attach,
+            delivery_report,
+            read_reply,
+        }) {
+            Ok(id) => {
+                println!("{id}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mmsrelay send: {e}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        },
+        Command::Status { api, id } => match client::status(&api, &id) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mmsrelay status: {e}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        },
         Command::CheckConfig { file } => match relay::config::Config::load(&file) {
             Ok(_) => {
                 println!("{}: ok", file.display());

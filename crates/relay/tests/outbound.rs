@@ -1,0 +1,376 @@
+//! Delivery against in-process test peers on 127.0.0.1 that behave like real ones (and like
+//! broken ones): real sockets, the real store, the real scheduler.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use relay::config::Config;
+use relay::directory::Directory;
+use relay::outbound::{Outbound, OutboundConfig, RetryPolicy, SystemClock};
+use relay::records::{RcptState, RecipientState};
+use relay::routing::Router;
+use relay::submit::{submit, SubmitConfig, SubmitRequest};
+use store::{Embedded, MsgId, Spool};
+
+struct Engine {
+    _dir: TempDir,
+    store: Arc<Embedded>,
+    router: Arc<Router>,
+    outbound: Arc<Outbound>,
+    submit: SubmitConfig,
+    _stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// Peers as `(name, domain, prefix, addr, extra toml lines)`.
+async fn engine(peers: &[(&str, &str, &str, std::net::SocketAddr, &str)]) -> Engine {
+    let dir = TempDir::new("outbound");
+    let mut toml =
+        String::from("[mmse]\ndomain = \"mms.mnc001.mcc001.gprs\"\nlocal_prefixes = [\"+1555\"]\n");
+    for (name, domain, prefix, addr, extra) in peers {
+        let tls = if extra.contains("tls") {
+            ""
+        } else {
+            "tls = \"none\"\n"
+        };
+        toml.push_str(&format!(
+            "[[peer]]\nname = \"{name}\"\ndomains = [\"{domain}\"]\nprefixes = [\"{prefix}\"]\nhosts = [\"{addr}\"]\n{tls}{extra}\n"
+        ));
+    }
+    let cfg = Config::from_toml(&toml).unwrap();
+    let store = Arc::new(Embedded::open(&dir.0.join("data")).unwrap());
+    let spool: Arc<dyn Spool> = store.clone();
+    let dir_ = Arc::new(Directory::new(&cfg));
+    let router = Arc::new(Router {
+        dir: dir_,
+        dns: Arc::new(relay::dns::Dns::new(&["127.0.0.1:9".parse().unwrap()]).unwrap()),
+        enum_suffixes: vec![],
+        mx_port: 25,
+    });
+    let timeouts = smtp::client_driver::Timeouts {
+        connect: Duration::from_secs(2),
+        greeting: Duration::from_secs(2),
+        command: Duration::from_secs(2),
+        data_init: Duration::from_secs(2),
+        data_block: Duration::from_secs(2),
+        final_dot: Duration::from_secs(1),
+    };
+    let outbound = Outbound::new(
+        spool,
+        router.clone(),
+        Arc::new(SystemClock),
+        OutboundConfig {
+            retry: RetryPolicy {
+                initial: Duration::from_millis(200),
+                max: Duration::from_millis(400),
+            },
+            bounce_address: "mm4-bounce@mms.mnc001.mcc001.gprs".into(),
+            client: smtp::client_driver::ClientConfig {
+                helo: "mmsc.mms.mnc001.mcc001.gprs".into(),
+                timeouts,
+                tls: smtp::client_driver::TlsMode::None,
+                tls_server_name: "peer.test".into(),
+                connector: smtp::client_driver::unverified_connector(),
+            },
+            our_domain: "mms.mnc001.mcc001.gprs".parse().unwrap(),
+        },
+    );
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(outbound.clone().run(rx));
+    Engine {
+        _dir: dir,
+        store,
+        router,
+        outbound,
+        submit: SubmitConfig {
+            domain: "mms.mnc001.mcc001.gprs".parse().unwrap(),
+            system_address: "system-user@mms.mnc001.mcc001.gprs".into(),
+            lifetime: Duration::from_secs(3600),
+            max_size: 2_000_000,
+        },
+        _stop: stop,
+    }
+}
+
+fn req(to: &[&str], text: &str) -> SubmitRequest {
+    serde_json::from_value(serde_json::json!({
+        "from": "+15550000001",
+        "to": to,
+        "subject": "test",
+        "parts": [{"content_type": "text/plain", "text": text}],
+    }))
+    .unwrap()
+}
+
+impl Engine {
+    async fn send(&self, to: &[&str], text: &str) -> MsgId {
+        let s = submit(
+            req(to, text),
+            &self.submit,
+            &self.router,
+            &*self.store,
+            relay::outbound::Clock::now_ms(&SystemClock),
+        )
+        .await
+        .unwrap();
+        self.outbound.wake.notify_one();
+        s.id
+    }
+
+    fn states(&self, id: MsgId) -> Vec<RecipientState> {
+        self.store
+            .recipients(id)
+            .unwrap()
+            .into_iter()
+            .map(|(_, b)| serde_json::from_slice(&b).unwrap())
+            .collect()
+    }
+
+    /// Waits until `cond` holds for the message's recipients (at most 10 s).
+    async fn until(
+        &self,
+        id: MsgId,
+        cond: impl Fn(&[RecipientState]) -> bool,
+    ) -> Vec<RecipientState> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = self.states(id);
+            if cond(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "timed out; states: {s:#?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+const B: &str = "mms.mnc002.mcc262.gprs";
+
+#[tokio::test]
+async fn accepted_with_dsn_parameters_and_full_to_list() {
+    let p = peer("127.0.0.1", Behaviour::Accept).await;
+    let e = engine(&[("b", B, "+49172", p.addr, "")]).await;
+    let id = e.send(&["+491721111111"], "hello").await;
+    let s = e.until(id, |s| s[0].state == RcptState::Forwarded).await;
+    assert_eq!(s[0].attempts, 1);
+    assert!(s[0]
+        .events
+        .iter()
+        .any(|ev| ev.detail.contains("250 2.0.0 queued")));
+    let got = p.got.lock().unwrap().clone();
+    assert_eq!(got.len(), 1);
+    let tid = s[0].tid.clone().unwrap();
+    assert_eq!(
+        got[0].mail_from,
+        format!(
+            "MAIL FROM:<mm4-bounce@mms.mnc001.mcc001.gprs> SIZE={} RET=HDRS ENVID={tid}",
+            got[0].data.len()
+        )
+    );
+    assert_eq!(
+        got[0].rcpts,
+        vec!["RCPT TO:<+491721111111/TYPE=PLMN@mms.mnc002.mcc262.gprs> NOTIFY=FAILURE,DELAY ORCPT=rfc822;+2B491721111111/TYPE+3DPLMN@mms.mnc002.mcc262.gprs"]
+    );
+    let pdu = mm4::parse(&got[0].data).unwrap();
+    assert_eq!(pdu.transaction_id, tid);
+    assert_eq!(pdu.to[0].to_string(), "+491721111111/TYPE=PLMN");
+    assert_eq!(
+        pdu.originator_system.unwrap().to_string(),
+        "system-user@mms.mnc001.mcc001.gprs"
+    );
+}
+
+#[tokio::test]
+async fn temporary_failure_then_accepted() {
+    let p = peer("127.0.0.1", Behaviour::TempFailFirst(1)).await;
+    let e = engine(&[("b", B, "+49172", p.addr, "")]).await;
+    let id = e.send(&["+491721111111"], "hello").await;
+    let s = e.until(id, |s| s[0].state == RcptState::Forwarded).await;
+    assert_eq!(s[0].attempts, 2);
+    let events: Vec<&str> = s[0].events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(events, ["queued", "deferred", "forwarded"]);
+    assert!(
+        s[0].events[1].detail.starts_with("451 4.3.0"),
+        "evidence kept: {}",
+        s[0].events[1].detail
+    );
+    // Same ids on the retry.
+    assert_eq!(p.got.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn one_of_two_recipients_refused() {
+    let p = peer(
+        "127.0.0.1",
+        Behaviour::RejectRcpt("+491720000000/TYPE=PLMN@mms.mnc002.mcc262.gprs".into()),
+    )
+    .await;
+    let e = engine(&[("b", B, "+49172", p.addr, "")]).await;
+    let id = e.send(&["+491721111111", "+491720000000"], "hello").await;
+    let s = e
+        .until(id, |s| s.iter().all(|r| !r.state.is_pending()))
+        .await;
+    assert_eq!(s[0].state, RcptState::Forwarded);
+    assert_eq!(s[1].state, RcptState::Failed);
+    assert_eq!(
+        s[1].status_code.as_deref(),
+        Some("Error-sending-address-unresolved")
+    );
+    assert!(s[1].status_text.as_deref().unwrap().contains("550 5.1.1"));
+    let got = p.got.lock().unwrap().clone();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].rcpts.len(), 1);
+    // The To list stays whole: both recipients are named.
+    assert_eq!(mm4::parse(&got[0].data).unwrap().to.len(), 2);
+}
+
+#[tokio::test]
+async fn too_big_after_data_and_by_size_limits() {
+    let p = peer("127.0.0.1", Behaviour::TooBig).await;
+    let e = engine(&[("b", B, "+49172", p.addr, "")]).await;
+    let id = e.send(&["+491721111111"], "hello").await;
+    let s = e.until(id, |s| s[0].state == RcptState::Failed).await;
+    assert_eq!(
+        s[0].status_code.as_deref(),
+        Some("Error-content-not-accepted")
+    );
+
+    // A peer advertising SIZE 1000: nothing is sent at all.
+    let small = peer("127.0.0.1", Behaviour::SizeLimit(1000)).await;
+    let e = engine(&[("b", B, "+49172", small.addr, "")]).await;
+    let id = e.send(&["+491721111111"], &"x".repeat(5000)).await;
+    let s = e.until(id, |s| s[0].state == RcptState::Failed).await;
+    assert_eq!(
+        s[0].status_code.as_deref(),
+        Some("Error-content-not-accepted")
+    );
+    assert!(s[0].status_text.as_deref().unwrap().contains("not sent"));
+    assert_eq!(*small.data_started.lock().unwrap(), 0, "no DATA sent");
+
+    // The bilateral limit of the peer's configuration: not even a connection.
+    let p3 = peer("127.0.0.1", Behaviour::Accept).await;
+    let e = engine(&[("b", B, "+49172", p3.addr, "max_message_size = 1000")]).await;
+    let id = e.send(&["+491721111111"], &"x".repeat(5000)).await;
+    let s = e.until(id, |s| s[0].state == RcptState::Failed).await;
+    assert_eq!(
+        s[0].status_code.as_deref(),
+        Some("Error-content-not-accepted")
+    );
+    assert_eq!(*p3.data_started.lock().unwrap(), 0);
+}
+
+#[tokio::test]
+async fn peer_closing_mid_data_or_stalling_means_retry() {
+    let p = peer("127.0.0.1", Behaviour::CloseMidData).await;
+    let e = engine(&[("b", B, "+49172", p.addr, "")]).await;
+    let id = e
+        .send(&["+491721111111"], &"line of text\r\n".repeat(100))
+        .await;
+    let s = e.until(id, |s| s[0].attempts >= 2).await;
+    assert_eq!(s[0].state, RcptState::Deferred);
+    assert!(p.got.lock().unwrap().is_empty());
+
+    let p = peer("127.0.0.1", Behaviour::StallAfterData).await;
+    let e = engine(&[("b", B, "+49172", p.addr, "")]).await;
+    let t = Instant::now();
+    let id = e.send(&["+491721111111"], "hello").await;
+    let s = e.until(id, |s| s[0].attempts >= 1).await;
+    assert_eq!(s[0].state, RcptState::Deferred);
+    assert!(
+        s[0].status_text.as_deref().unwrap().contains("final reply"),
+        "{:?}",
+        s[0].status_text
+    );
+    assert!(
+        t.elapsed() >= Duration::from_secs(1),
+        "waited for the final-dot timeout"
+    );
+}
+
+#[tokio::test]
+async fn odd_reply_writes_are_read_correctly() {
+    let p = peer("127.0.0.1", Behaviour::OddWrites).await;
+    let e = engine(&[("b", B, "+49172", p.addr, "")]).await;
+    let id = e.send(&["+491721111111", "+491722222222"], "hello").await;
+    let s = e
+        .until(id, |s| s.iter().all(|r| !r.state.is_pending()))
+        .await;
+    assert!(s.iter().all(|r| r.state == RcptState::Forwarded), "{s:#?}");
+    assert_eq!(
+        p.got.lock().unwrap()[0].rcpts.len(),
+        2,
+        "one transaction for both"
+    );
+}
+
+#[tokio::test]
+async fn required_tls_never_falls_back_to_plaintext() {
+    // The peer does not offer STARTTLS (as if a middlebox stripped it).
+    let p = peer("127.0.0.1", Behaviour::Accept).await;
+    let e = engine(&[("b", B, "+49172", p.addr, "tls = \"required\"")]).await;
+    let id = e.send(&["+491721111111"], "secret").await;
+    let s = e.until(id, |s| s[0].attempts >= 1).await;
+    assert_eq!(s[0].state, RcptState::Deferred);
+    assert!(s[0]
+        .status_text
+        .as_deref()
+        .unwrap()
+        .contains("TLS required"));
+    assert_eq!(*p.data_started.lock().unwrap(), 0);
+    assert!(p.got.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn xmm4_sync_folds_the_res() {
+    let p = peer("127.0.0.1", Behaviour::Xmm4Sync).await;
+    let e = engine(&[("b", B, "+49172", p.addr, "")]).await;
+    let id = e.send(&["+491721111111"], "hello").await;
+    let s = e.until(id, |s| !s[0].state.is_pending()).await;
+    assert_eq!(s[0].state, RcptState::Acknowledged);
+    assert!(p.got.lock().unwrap()[0]
+        .mail_from
+        .ends_with("XMM4-RES=SYNC"));
+}
+
+#[tokio::test]
+async fn split_per_recipient_mmse() {
+    let b = peer("127.0.0.1", Behaviour::Accept).await;
+    let c = peer("127.0.0.1", Behaviour::Accept).await;
+    let e = engine(&[
+        ("b", B, "+49172", b.addr, ""),
+        ("c", "mms.mnc001.mcc208.gprs", "+336", c.addr, ""),
+    ])
+    .await;
+    let id = e
+        .send(
+            &["+491721111111", "+33612345678", "+15550000002", "+4400000"],
+            "hi all",
+        )
+        .await;
+    let s = e
+        .until(id, |s| s.iter().all(|r| !r.state.is_pending()))
+        .await;
+    assert_eq!(s[0].state, RcptState::Forwarded);
+    assert_eq!(s[1].state, RcptState::Forwarded);
+    assert_eq!(s[2].state, RcptState::DeliveredLocal);
+    assert_eq!(s[3].state, RcptState::Failed, "unroutable");
+    assert_eq!(
+        s[3].status_code.as_deref(),
+        Some("Error-sending-address-unresolved")
+    );
+    let gb = b.got.lock().unwrap()[0].clone();
+    let gc = c.got.lock().unwrap()[0].clone();
+    let (pb, pc) = (mm4::parse(&gb.data).unwrap(), mm4::parse(&gc.data).unwrap());
+    assert_ne!(
+        pb.transaction_id, pc.transaction_id,
+        "one transaction id per MMSE"
+    );
+    assert_eq!(pb.mm_message_id(), pc.mm_message_id(), "one MM id");
+    assert_eq!(pb.to.len(), 4, "To keeps the full list");
+    assert_eq!(gb.rcpts.len(), 1);
+    assert!(gb.rcpts[0].contains("+491721111111"));
+    assert!(gc.rcpts[0].contains("+33612345678"));
+    assert_eq!(e.store.mailbox("+15550000002").unwrap(), vec![id]);
+}
