@@ -203,6 +203,39 @@ async fn get_message(
         .ok_or_else(|| not_found("message"))
 }
 
+/// Queued work: how many recipients wait, per peer, and the oldest.
+async fn get_queue(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    api.check_auth(&headers)?;
+    let due = api.store.due(u64::MAX, 100_000).map_err(internal)?;
+    let mut per_peer: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut oldest = Vec::new();
+    for d in &due {
+        let st = api
+            .store
+            .recipients(d.id)
+            .map_err(internal)?
+            .into_iter()
+            .find(|(i, _)| *i == d.idx)
+            .and_then(|(_, b)| serde_json::from_slice::<RecipientState>(&b).ok());
+        let peer = st
+            .as_ref()
+            .and_then(|s| s.peer.clone())
+            .unwrap_or_else(|| "(unrouted)".into());
+        *per_peer.entry(peer.clone()).or_default() += 1;
+        if oldest.len() < 20 {
+            oldest.push(json!({
+                "id": d.id.to_string(), "recipient": st.map(|s| s.address), "peer": peer, "due": rfc3339(d.at as i64),
+            }));
+        }
+    }
+    Ok(Json(
+        json!({"depth": due.len(), "peers": per_peer, "oldest": oldest}),
+    ))
+}
+
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
@@ -228,6 +261,7 @@ pub fn routes(api: Arc<Api>) -> Http {
     Http::new()
         .route("/v1/messages", post(post_message))
         .route("/v1/messages/{id}", get(get_message))
+        .route("/v1/queue", get(get_queue))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(fallback)

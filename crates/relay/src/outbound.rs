@@ -233,6 +233,10 @@ pub struct Outbound {
     pub capabilities: Mutex<HashMap<String, SeenCapabilities>>,
 }
 
+/// Most recipients being delivered at once (beyond the per-peer connection limits, this bounds
+/// memory and the scheduler's scans of the due index).
+const MAX_IN_FLIGHT: usize = 512;
+
 /// A group of due recipients of one message for one peer: one transaction.
 struct Group {
     id: MsgId,
@@ -311,7 +315,17 @@ impl Outbound {
         tasks: &mut tokio::task::JoinSet<()>,
     ) -> Result<Option<i64>, store::StoreError> {
         let now = self.clock.now_ms();
-        let due = self.store.due(now.max(0) as u64, 2000)?;
+        let busy = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
+        if busy >= MAX_IN_FLIGHT {
+            // Enough work is under way; a completion wakes us again.
+            return Ok(None);
+        }
+        // In-flight entries stay in the index (that is the lease); read past them.
+        let due = self.store.due(now.max(0) as u64, MAX_IN_FLIGHT + busy)?;
         let mut by_msg: HashMap<MsgId, HashSet<u32>> = HashMap::new();
         {
             let inflight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
@@ -659,10 +673,16 @@ impl Outbound {
     }
 
     fn release(&self, peer: &str, conn: Connection) {
+        // As many idle connections as the peer allows concurrent ones: reopening costs a TCP
+        // handshake, a greeting and an EHLO per message.
+        let limit = self
+            .router
+            .dir
+            .peer_by_name(peer)
+            .map_or(4, |p| self.router.dir.peers[p].cfg.max_connections);
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         let v = pool.entry(peer.to_string()).or_default();
-        // Idle connections a peer keeps open for us: a few are enough.
-        if v.len() < 4 {
+        if v.len() < limit {
             v.push(conn);
         }
     }

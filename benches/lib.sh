@@ -1,0 +1,127 @@
+# Shared by the benchmark scripts: free ports, waiting for listeners, a private Postfix
+# instance, the MM4 test message. Source it; it sets WORK and cleans up on exit.
+
+need_packages() {
+  local need=()
+  command -v smtp-source >/dev/null 2>&1 || need+=(postfix)
+  command -v bc >/dev/null 2>&1 || need+=(bc)
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+}
+
+WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/mmsrelay-bench.XXXXXX")
+chmod 755 "$WORK"   # Postfix's unprivileged daemons must reach their queue inside it
+PIDS=()
+POSTFIXES=()
+bench_cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  for d in "${POSTFIXES[@]:-}"; do [ -n "$d" ] && postfix -c "$d" stop >/dev/null 2>&1 || true; done
+  rm -rf "$WORK"
+}
+trap bench_cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_port() { # port what
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
+  echo "$2 did not start"; exit 1
+}
+
+# make_forward FILE SIZE ACK(Yes|No): an MM4 forward from operator B (+49172…) to +1555…, with a
+# base64 part of about SIZE bytes.
+make_forward() {
+  python3 - "$1" "$2" "$3" <<'PY'
+import base64, os, sys
+path, size, ack = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+head = (
+    "X-Mms-3GPP-MMS-Version: 6.16.0\n"
+    "X-Mms-Message-Type: MM4_forward.REQ\n"
+    "X-Mms-Transaction-ID: \"BENCH-1\"\n"
+    "X-Mms-Message-ID: \"BENCH-1@mms.mnc002.mcc262.gprs\"\n"
+    "Date: Wed, 25 Nov 2026 12:34:56 +0100\n"
+    "From: +491721234567/TYPE=PLMN\n"
+    "To: +15550000001/TYPE=PLMN\n"
+    f"X-Mms-Ack-Request: {ack}\n"
+    "X-Mms-Originator-System: system-user@mms.mnc002.mcc262.gprs\n"
+    "MIME-Version: 1.0\n"
+    "Content-Type: multipart/related; type=\"image/jpeg\"; boundary=\"b1\"\n\n"
+    "--b1\nContent-Type: image/jpeg\nContent-Transfer-Encoding: base64\n\n"
+)
+raw = os.urandom(size * 3 // 4)
+b64 = base64.b64encode(raw).decode()
+body = "\n".join(b64[i:i+76] for i in range(0, len(b64), 76))
+open(path, "w").write(head + body + "\n--b1--\n")
+PY
+}
+
+# start_postfix DIR PORT [TRANSPORT_LINE]: a private Postfix on 127.0.0.1:PORT relaying
+# mms.mnc001.mcc001.gprs; without a transport the mail stays queued (intake only).
+start_postfix() {
+  local pf=$1 pport=$2 transport=${3:-}
+  mkdir -p "$pf/spool" "$pf/data" "$pf/log"
+  chown postfix:postfix "$pf/data"
+  cat > "$pf/main.cf" <<CF
+compatibility_level = 3.6
+queue_directory = $pf/spool
+data_directory = $pf/data
+command_directory = /usr/sbin
+daemon_directory = /usr/lib/postfix/sbin
+meta_directory = /etc/postfix
+shlib_directory = /usr/lib/postfix
+mail_owner = postfix
+setgid_group = postdrop
+maillog_file = $pf/log/maillog
+maillog_file_prefixes = /var, /dev/stdout, $pf
+myhostname = mta.bench.local
+mydestination =
+relay_domains = mms.mnc001.mcc001.gprs
+local_recipient_maps =
+alias_maps =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtp_dns_support_level = disabled
+local_header_rewrite_clients =
+smtpd_forbid_bare_newline = yes
+message_size_limit = 10485760
+default_process_limit = 200
+CF
+  if [ -n "$transport" ]; then
+    echo "$transport" > "$pf/transport"
+    echo "transport_maps = texthash:$pf/transport" >> "$pf/main.cf"
+  else
+    echo "defer_transports = smtp" >> "$pf/main.cf"
+  fi
+  sed -e "s/^smtp      inet  n       -       y       -       -       smtpd/127.0.0.1:$pport inet n - n - - smtpd/" \
+      -e 's/^\([a-z]*[[:space:]]*\(unix\|inet\|fifo\|pass\)[[:space:]]*[-ny][[:space:]]*[-ny][[:space:]]*\)y/\1n/' \
+      /etc/postfix/master.cf > "$pf/master.cf"
+  grep -q "^127.0.0.1:$pport" "$pf/master.cf" || { echo "master.cf rewrite failed"; exit 1; }
+  script -qc "postfix -c $pf start" /dev/null >/dev/null
+  POSTFIXES+=("$pf")
+  wait_port "$pport" "postfix (see $pf/log/maillog)"
+}
+
+postfix_queue_size() { find "$1/spool/incoming" "$1/spool/active" "$1/spool/deferred" "$1/spool/maildrop" -type f 2>/dev/null | wc -l; }
+
+# relay_config FILE SMTP_PORT API_PORT DATA [extra TOML]
+relay_config() {
+  cat > "$1" <<TOML
+[mmse]
+domain = "mms.mnc001.mcc001.gprs"
+local_prefixes = ["+1555"]
+[smtp]
+listen = ["127.0.0.1:$2"]
+max_message_size = 10485760
+max_connections_per_source = 1000
+[api]
+listen = "127.0.0.1:$3"
+[store]
+path = "$4"
+$5
+TOML
+}
+
+now() { date +%s.%N; }
