@@ -19,6 +19,7 @@ pub mod emit;
 pub mod enumdns;
 pub mod header;
 pub mod mapping;
+pub mod mime;
 pub mod parse;
 pub mod pdu;
 pub mod values;

@@ -153,6 +153,7 @@ impl Inbound {
             originator_system: None,
             size: msg.data.len(),
             xmm4_sync: msg.mail_from.xmm4_sync,
+            tls: msg.peer.tls,
             envid: msg.mail_from.envid.clone(),
             expires_at: None,
             originated: false,

@@ -562,7 +562,23 @@ impl Outbound {
                     continue;
                 }
             };
-            match conn.send(&env, &bytes).await {
+            let mut sent = conn.send(&env, &bytes).await;
+            if let Ok(Err(PlanError::NeedsDowngrade)) = sent {
+                // No 8BITMIME at the next hop: 8-bit parts go as base64 (RFC 6152 §3).
+                match mm4::mime::downgrade_8bit(&bytes) {
+                    Ok(seven) => sent = conn.send(&env, &seven).await,
+                    Err(e) => {
+                        self.release(&peer.cfg.name, conn);
+                        return with_peer(Attempt::Fail {
+                            status: RequestStatus::ErrorContentNotAccepted,
+                            evidence: format!(
+                                "next hop lacks 8BITMIME and the message cannot be made 7-bit: {e}"
+                            ),
+                        });
+                    }
+                }
+            }
+            match sent {
                 Ok(Ok(results)) => {
                     if conn.reusable() {
                         self.release(&peer.cfg.name, conn);

@@ -58,6 +58,9 @@ pub struct StoredMessage {
     pub size: usize,
     #[serde(default)]
     pub xmm4_sync: bool,
+    /// Received over TLS.
+    #[serde(default)]
+    pub tls: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envid: Option<String>,
     /// When undelivered recipients expire (unix ms): X-Mms-Expiry, else the queue lifetime.

@@ -382,6 +382,7 @@ pub async fn submit(
         originator_system: Some(cfg.system_address.clone()),
         size: bytes.len(),
         xmm4_sync: false,
+        tls: false,
         envid: None,
         expires_at: Some(expires_ms),
         originated: true,

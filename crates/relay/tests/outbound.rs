@@ -374,3 +374,83 @@ async fn split_per_recipient_mmse() {
     assert!(gc.rcpts[0].contains("+33612345678"));
     assert_eq!(e.store.mailbox("+15550000002").unwrap(), vec![id]);
 }
+
+#[tokio::test]
+async fn eight_bit_transit_mail_is_downgraded_for_a_seven_bit_peer() {
+    use relay::records::{to_bytes, MessageKind, StoredMessage};
+    let p = peer("127.0.0.1", Behaviour::SevenBitOnly).await;
+    let e = engine(&[("b", B, "+49172", p.addr, "")]).await;
+    // A forward received from a transit peer, with a raw 8-bit text part.
+    let body = "X-Mms-3GPP-MMS-Version: 6.16.0\r\nX-Mms-Message-Type: MM4_forward.REQ\r\n\
+X-Mms-Transaction-ID: \"TR-1\"\r\nX-Mms-Message-ID: \"TR-1@mms.mnc009.mcc208.gprs\"\r\n\
+From: +33612345678/TYPE=PLMN\r\nTo: +491721111111/TYPE=PLMN\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain; charset=utf-8\r\n\
+Content-Transfer-Encoding: 8bit\r\n\r\nGrüße aus Paris\r\n--b--\r\n";
+    let id = e.store.next_id();
+    let now = relay::outbound::Clock::now_ms(&SystemClock);
+    let meta = StoredMessage {
+        received_at: now,
+        source: "127.0.0.9:1".into(),
+        peer: None,
+        helo: "hub".into(),
+        mail_from: "+33612345678/TYPE=PLMN@mms.mnc009.mcc208.gprs".into(),
+        rcpts: vec![],
+        kind: MessageKind::Mm4 {
+            message_type: "MM4_forward.REQ".into(),
+        },
+        transaction_id: Some("TR-1".into()),
+        mm_message_id: Some("TR-1@mms.mnc009.mcc208.gprs".into()),
+        originator_system: None,
+        size: body.len(),
+        xmm4_sync: false,
+        tls: false,
+        envid: None,
+        expires_at: Some(now + 3_600_000),
+        originated: false,
+        from: None,
+        subject: None,
+    };
+    let mut st = RecipientState::new(
+        "+491721111111/TYPE=PLMN@mms.mnc002.mcc262.gprs".into(),
+        RcptState::Queued,
+        Some("b".into()),
+        now,
+    );
+    st.due = Some(now as u64);
+    st.tid = Some("TR-1".into());
+    e.store
+        .commit(vec![
+            store::Op::PutMessage {
+                id,
+                meta: to_bytes(&meta),
+                body: body.as_bytes().to_vec(),
+            },
+            store::Op::SetRecipient {
+                id,
+                idx: 0,
+                state: to_bytes(&st),
+                due: st.due,
+                old_due: None,
+            },
+        ])
+        .await
+        .unwrap();
+    e.outbound.wake.notify_one();
+    let s = e.until(id, |s| !s[0].state.is_pending()).await;
+    assert_eq!(s[0].state, RcptState::Forwarded, "{s:#?}");
+    let got = p.got.lock().unwrap()[0].data.clone();
+    assert!(got.iter().all(|b| *b < 0x80), "7-bit on the wire");
+    let m = mail_parser::MessageParser::default()
+        .parse(&got[..])
+        .unwrap();
+    assert_eq!(
+        m.parts[1].contents(),
+        "Grüße aus Paris".as_bytes(),
+        "same content after decoding"
+    );
+    assert_eq!(
+        mm4::parse(&got).unwrap().transaction_id,
+        "TR-1",
+        "transit keeps its ids"
+    );
+}

@@ -30,6 +30,8 @@ pub enum Behaviour {
     OddWrites,
     /// Advertises XMM4 SYNC and folds the RES.
     Xmm4Sync,
+    /// Advertises no 8BITMIME.
+    SevenBitOnly,
 }
 
 /// One message a peer received.
@@ -93,7 +95,12 @@ pub async fn peer(ip: &str, b: Behaviour) -> Peer {
                         } else {
                             ""
                         };
-                        let resp = format!("250-peer.test\r\n{size}250-PIPELINING\r\n250-8BITMIME\r\n{xmm4}250-DSN\r\n250 ENHANCEDSTATUSCODES\r\n");
+                        let eight = if matches!(b, Behaviour::SevenBitOnly) {
+                            ""
+                        } else {
+                            "250-8BITMIME\r\n"
+                        };
+                        let resp = format!("250-peer.test\r\n{size}250-PIPELINING\r\n{eight}{xmm4}250-DSN\r\n250 ENHANCEDSTATUSCODES\r\n");
                         write_odd(&mut w, &resp, odd).await;
                     } else if upper.starts_with("MAIL FROM:") {
                         mail_from = line.trim_end().to_string();
