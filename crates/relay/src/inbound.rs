@@ -176,7 +176,7 @@ impl Inbound {
             if let Ok(d) = mm4::dsn::parse(&msg.data) {
                 rec.transaction_id = d.transaction_id().map(str::to_string);
             }
-            return Ok(self.simple_plan(id, msg, rec, Event::Dsn, queued()));
+            return Ok(self.simple_plan(id, rec, Event::Dsn, queued()));
         }
 
         let pdu = match mm4::parse(&msg.data) {
@@ -215,7 +215,7 @@ impl Inbound {
             let event = Event::Pdu {
                 message_type: mt.as_str().to_string(),
             };
-            return Ok(self.simple_plan(id, msg, rec, event, reply));
+            return Ok(self.simple_plan(id, rec, event, reply));
         };
 
         // A forward: file it for local recipients, queue it onwards for transit ones.
@@ -289,7 +289,8 @@ impl Inbound {
         let mut all = vec![Op::PutMessage {
             id,
             meta: to_bytes(&rec),
-            body: msg.data.clone(),
+            // Filled with the received bytes, moved in by `commit` (no copy).
+            body: Vec::new(),
         }];
         all.extend(ops);
         all.push(Op::PutEvent {
@@ -302,7 +303,6 @@ impl Inbound {
     fn simple_plan(
         &self,
         id: store::MsgId,
-        msg: &ReceivedMessage,
         rec: StoredMessage,
         event: Event,
         reply: Reply,
@@ -312,7 +312,8 @@ impl Inbound {
                 Op::PutMessage {
                     id,
                     meta: to_bytes(&rec),
-                    body: msg.data.clone(),
+                    // Filled with the received bytes, moved in by `commit` (no copy).
+                    body: Vec::new(),
                 },
                 Op::PutEvent {
                     id,
@@ -356,7 +357,6 @@ impl Inbound {
             let rec = self.base_record(msg, MessageKind::Bounce);
             return Ok(self.simple_plan(
                 id,
-                msg,
                 rec,
                 Event::Bounce,
                 codes::ok(format!("Ok: queued as {id}")),
@@ -385,22 +385,19 @@ impl Inbound {
             reason: e.to_string(),
             reply_to: s.reply_to,
         };
-        Ok(self.simple_plan(
-            id,
-            msg,
-            rec,
-            event,
-            codes::ok(format!("Ok: queued as {id}")),
-        ))
+        Ok(self.simple_plan(id, rec, event, codes::ok(format!("Ok: queued as {id}"))))
     }
 }
 
 impl smtp::driver::MessageHandler for Inbound {
     async fn commit(&self, msg: ReceivedMessage) -> Reply {
-        let plan = match self.plan(&msg) {
+        let mut plan = match self.plan(&msg) {
             Ok(p) => p,
             Err(reply) => return reply,
         };
+        if let Some(Op::PutMessage { body, .. }) = plan.ops.first_mut() {
+            *body = msg.data;
+        }
         match self.store.commit(plan.ops).await {
             Ok(results) => {
                 let dups = results
