@@ -69,6 +69,9 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
                 max: cfg.queue.retry_max.0,
             },
             bounce_address: cfg.mmse.bounce_address(),
+            system_address: cfg.mmse.system_address(),
+            ack_timeout: cfg.queue.ack_timeout.0,
+            ack_resends: cfg.queue.ack_resends,
             client: smtp::client_driver::ClientConfig {
                 helo: cfg.mmse.hostname(),
                 timeouts: smtp::client_driver::Timeouts::default(),

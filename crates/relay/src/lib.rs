@@ -1,6 +1,7 @@
 //! The MMS Relay/Server: configuration, who is who, the inbound pipeline.
 
 pub mod api;
+pub mod cdr;
 pub mod config;
 pub mod directory;
 pub mod dns;

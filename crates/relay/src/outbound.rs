@@ -140,6 +140,20 @@ pub fn apply(
     policy: RetryPolicy,
     key: u64,
 ) -> Option<u64> {
+    apply_with_ack(st, attempt, now, expires_at, policy, key, None)
+}
+
+/// [`apply`], for a REQ whose RES we wait for: a forwarded recipient stays due at
+/// `now + ack_timeout`, when the same REQ is sent again unless the RES came.
+pub fn apply_with_ack(
+    st: &mut RecipientState,
+    attempt: &Attempt,
+    now: i64,
+    expires_at: Option<i64>,
+    policy: RetryPolicy,
+    key: u64,
+    ack_timeout: Option<Duration>,
+) -> Option<u64> {
     st.attempts += 1;
     let due = match attempt {
         Attempt::Accepted {
@@ -157,7 +171,10 @@ pub fn apply(
             st.status_code = code;
             st.status_text = Some(evidence.clone());
             st.set(state, now, evidence.clone());
-            None
+            match ack_timeout {
+                Some(t) if !*acknowledged => Some((now + t.as_millis() as i64).max(0) as u64),
+                _ => None,
+            }
         }
         Attempt::Fail { status, evidence } => {
             st.status_code = Some(status.as_str().into());
@@ -207,6 +224,11 @@ pub fn expire(st: &mut RecipientState, now: i64, evidence: &str) {
 pub struct OutboundConfig {
     pub retry: RetryPolicy,
     pub bounce_address: String,
+    /// Envelope sender of the reports we send (SPEC §5).
+    pub system_address: String,
+    /// How long a forward we originated waits for its RES, and how often it is re-sent.
+    pub ack_timeout: Duration,
+    pub ack_resends: u32,
     pub client: ClientConfig,
     pub our_domain: Domain,
 }
@@ -231,6 +253,9 @@ pub struct Outbound {
     semaphores: HashMap<String, Arc<Semaphore>>,
     pool: Mutex<HashMap<String, Vec<Connection>>>,
     pub capabilities: Mutex<HashMap<String, SeenCapabilities>>,
+    /// The last transient failure per peer (time, evidence), for `GET /v1/peers`.
+    pub last_error: Mutex<HashMap<String, (i64, String)>>,
+    pub cdr: Option<Arc<crate::cdr::CdrWriter>>,
 }
 
 /// Most recipients being delivered at once (beyond the per-peer connection limits, this bounds
@@ -250,6 +275,16 @@ impl Outbound {
         router: Arc<Router>,
         clock: Arc<dyn Clock>,
         cfg: OutboundConfig,
+    ) -> Arc<Self> {
+        Self::with_cdr(store, router, clock, cfg, None)
+    }
+
+    pub fn with_cdr(
+        store: Arc<dyn Spool>,
+        router: Arc<Router>,
+        clock: Arc<dyn Clock>,
+        cfg: OutboundConfig,
+        cdr: Option<Arc<crate::cdr::CdrWriter>>,
     ) -> Arc<Self> {
         let semaphores = router
             .dir
@@ -272,6 +307,8 @@ impl Outbound {
             semaphores,
             pool: Mutex::new(HashMap::new()),
             capabilities: Mutex::new(HashMap::new()),
+            last_error: Mutex::new(HashMap::new()),
+            cdr,
         })
     }
 
@@ -404,7 +441,8 @@ impl Outbound {
             return Ok(());
         };
         let policy = self.cfg.retry;
-        let key = |idx: u32| g.id.wrapping_mul(1_000_003) ^ idx as u64;
+        let gid = g.id;
+        let key = move |idx: u32| gid.wrapping_mul(1_000_003) ^ idx as u64;
 
         // Expired while queued: no attempt.
         if meta.expires_at.is_some_and(|e| now >= e) {
@@ -421,31 +459,95 @@ impl Outbound {
             return Ok(());
         }
 
+        // Forwarded recipients that are due again waited in vain for their RES: the same REQ
+        // goes again (same ids; the peer de-duplicates), up to the limit, then Indeterminate.
+        let mut g = g;
+        let mut finished = Vec::new();
+        g.idxs.retain_mut(|(idx, st)| {
+            if st.state != RcptState::Forwarded {
+                return true;
+            }
+            if st.resends < self.cfg.ack_resends {
+                st.resends += 1;
+                let n = st.resends;
+                st.set(
+                    RcptState::Queued,
+                    now,
+                    format!("no RES within the ack timeout: re-send {n}"),
+                );
+                return true;
+            }
+            let old = st.due;
+            st.status_code = Some(mm4::MmStatus::Indeterminate.as_str().into());
+            st.status_text = Some("no RES after the last re-send".into());
+            st.set(
+                RcptState::Failed,
+                now,
+                "no RES after the last re-send: Indeterminate",
+            );
+            st.due = None;
+            finished.push((*idx, st.clone(), old));
+            false
+        });
+        if !finished.is_empty() {
+            self.commit_states(g.id, finished).await?;
+        }
+        if g.idxs.is_empty() {
+            return Ok(());
+        }
         let results = self.attempt(&g, &meta).await;
         let now = self.clock.now_ms();
-        let states = g
+        let mut sent_to = Vec::new();
+        let states: Vec<(u32, RecipientState, Option<u64>)> = g
             .idxs
             .into_iter()
             .zip(results)
-            .map(|((idx, mut st), (attempt, peer))| {
+            .map(|((idx, mut st), (attempt, peer, waits_ack))| {
                 let old = st.due;
                 if st.peer.is_none() {
                     st.peer = peer;
                 }
-                apply(&mut st, &attempt, now, meta.expires_at, policy, key(idx));
+                if let Attempt::Retry { evidence } = &attempt {
+                    if let Some(p) = &st.peer {
+                        let mut le = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
+                        le.insert(p.clone(), (now, evidence.clone()));
+                    }
+                }
+                if matches!(attempt, Attempt::Accepted { .. }) {
+                    sent_to.push(st.address.clone());
+                }
+                let wait = waits_ack.then_some(self.cfg.ack_timeout);
+                apply_with_ack(
+                    &mut st,
+                    &attempt,
+                    now,
+                    meta.expires_at,
+                    policy,
+                    key(idx),
+                    wait,
+                );
                 (idx, st, old)
             })
             .collect();
+        let peer = states.first().and_then(|(_, s, _)| s.peer.clone());
+        let tid = states.first().and_then(|(_, s, _)| s.tid.clone());
         self.commit_states(g.id, states).await?;
+        if !sent_to.is_empty() && meta.originated {
+            self.cdr_sent(&meta, peer, tid, sent_to, now);
+        }
         self.wake.notify_one();
         Ok(())
     }
 
     /// Routes (if needed), builds the message for the peer and runs the transaction. One
     /// result per recipient of the group, in order, with the peer it was routed to.
-    async fn attempt(&self, g: &Group, meta: &StoredMessage) -> Vec<(Attempt, Option<String>)> {
+    async fn attempt(
+        &self,
+        g: &Group,
+        meta: &StoredMessage,
+    ) -> Vec<(Attempt, Option<String>, bool)> {
         let n = g.idxs.len();
-        let all = |a: Attempt| vec![(a, g.peer.clone()); n];
+        let all = |a: Attempt| vec![(a, g.peer.clone(), false); n];
         let dir = &self.router.dir;
         // The peer (routing again when it was not known at submission: a DNS failure then).
         let (peer_idx, domain) = match g.peer.as_deref().and_then(|p| dir.peer_by_name(p)) {
@@ -483,7 +585,7 @@ impl Outbound {
         };
         let peer = &dir.peers[peer_idx];
         let peer_name = Some(peer.cfg.name.clone());
-        let with_peer = |a: Attempt| vec![(a, peer_name.clone()); n];
+        let with_peer = |a: Attempt| vec![(a, peer_name.clone(), false); n];
 
         let Some(body) = self.store.body(g.id).ok().flatten() else {
             return with_peer(Attempt::Retry {
@@ -491,7 +593,7 @@ impl Outbound {
             });
         };
         let tid = g.idxs[0].1.tid.clone().or(meta.transaction_id.clone());
-        let (bytes, ack) = match self.render(&body, meta, peer, tid.as_deref()) {
+        let (bytes, ack, mt) = match self.render(&body, meta, peer, tid.as_deref()) {
             Ok(x) => x,
             Err(e) => {
                 return with_peer(Attempt::Fail {
@@ -513,11 +615,22 @@ impl Outbound {
                 });
             }
         }
+        // SPEC §5: a forward from our bounce address (every bounce must reach the relay), a
+        // RES from <> (no bounce loops), a report from our system mailbox.
+        let mail_from = match mt {
+            mm4::MessageType::ForwardReq => self.cfg.bounce_address.clone(),
+            m if m.is_response() => String::new(),
+            _ => self.cfg.system_address.clone(),
+        };
+        let is_forward = mt == mm4::MessageType::ForwardReq;
+        // We wait for the RES of forwards we originated (a transit forward's RES goes to its
+        // originator, not to us).
+        let waits_ack = is_forward && ack && meta.originated;
         let env = OutEnvelope {
-            mail_from: self.cfg.bounce_address.clone(),
+            mail_from,
             envid: tid.clone(),
             ret_hdrs: true,
-            xmm4_sync: ack,
+            xmm4_sync: is_forward && ack,
             rcpts: g
                 .idxs
                 .iter()
@@ -585,7 +698,18 @@ impl Outbound {
                     }
                     return results
                         .iter()
-                        .map(|r| (Attempt::from_result(r), peer_name.clone()))
+                        .map(|r| {
+                            let a = Attempt::from_result(r);
+                            let wait = waits_ack
+                                && matches!(
+                                    a,
+                                    Attempt::Accepted {
+                                        acknowledged: false,
+                                        ..
+                                    }
+                                );
+                            (a, peer_name.clone(), wait)
+                        })
                         .collect();
                 }
                 Ok(Err(PlanError::TooBig { size, limit })) => {
@@ -626,11 +750,12 @@ impl Outbound {
         meta: &StoredMessage,
         peer: &crate::directory::Peer,
         tid: Option<&str>,
-    ) -> Result<(Vec<u8>, bool), String> {
+    ) -> Result<(Vec<u8>, bool, mm4::MessageType), String> {
         let pdu = mm4::parse(body).map_err(|e| e.to_string())?;
         let ack = pdu.ack_requested();
+        let mt = pdu.message_type();
         if !meta.originated {
-            return Ok((body.to_vec(), ack));
+            return Ok((body.to_vec(), ack, mt));
         }
         let mut pdu = pdu;
         if let Some(t) = tid {
@@ -649,7 +774,7 @@ impl Outbound {
             ..mm4::Profile::default()
         };
         let out = mm4::emit(&pdu, &profile).map_err(|e| e.to_string())?;
-        Ok((out, pdu.ack_requested()))
+        Ok((out, pdu.ack_requested(), mt))
     }
 
     async fn connection(
@@ -686,6 +811,43 @@ impl Outbound {
             },
         );
         Ok(c)
+    }
+
+    /// The charging record of a REQ we sent that the next hop accepted.
+    fn cdr_sent(
+        &self,
+        meta: &StoredMessage,
+        peer: Option<String>,
+        tid: Option<String>,
+        rcpts: Vec<String>,
+        now: i64,
+    ) {
+        use crate::cdr::{Cdr, RecordType};
+        let Some(w) = &self.cdr else { return };
+        let record_type = match &meta.kind {
+            crate::records::MessageKind::Mm4 { message_type } => {
+                match message_type.parse::<mm4::MessageType>() {
+                    Ok(mm4::MessageType::ForwardReq) => RecordType::MMO4FRq,
+                    Ok(mm4::MessageType::DeliveryReportReq) => RecordType::MMR4DRq,
+                    Ok(mm4::MessageType::ReadReplyReq) => RecordType::MMR4RRq,
+                    _ => return,
+                }
+            }
+            _ => return,
+        };
+        w.write(&Cdr {
+            record_type,
+            time: crate::cdr::now_rfc3339(now),
+            local_rs: self.cfg.our_domain.to_string(),
+            peer,
+            originator: meta.from.clone(),
+            recipients: rcpts,
+            message_id: meta.mm_message_id.clone(),
+            transaction_id: tid,
+            size: Some(meta.size),
+            content_types: Vec::new(),
+            status: None,
+        });
     }
 
     fn release(&self, peer: &str, conn: Connection) {

@@ -168,6 +168,9 @@ pub struct RecipientState {
     pub status_text: Option<String>,
     #[serde(default)]
     pub attempts: u32,
+    /// Re-sends after an ack timeout (the same REQ, same ids).
+    #[serde(default)]
+    pub resends: u32,
     /// The entry of this recipient in the due index (to move or remove it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub due: Option<u64>,
@@ -187,6 +190,7 @@ impl RecipientState {
             status_code: None,
             status_text: None,
             attempts: 0,
+            resends: 0,
             due: None,
             tid: None,
             events: vec![TimelineEvent {

@@ -67,6 +67,9 @@ async fn engine(peers: &[(&str, &str, &str, std::net::SocketAddr, &str)]) -> Eng
                 max: Duration::from_millis(400),
             },
             bounce_address: "mm4-bounce@mms.mnc001.mcc001.gprs".into(),
+            system_address: "system-user@mms.mnc001.mcc001.gprs".into(),
+            ack_timeout: Duration::from_secs(600),
+            ack_resends: 3,
             client: smtp::client_driver::ClientConfig {
                 helo: "mmsc.mms.mnc001.mcc001.gprs".into(),
                 timeouts,
