@@ -39,11 +39,7 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
         store: spool.clone(),
         min_free_space: cfg.smtp.min_free_space,
     });
-    let handler = Arc::new(Inbound {
-        dir: dir.clone(),
-        store: spool.clone(),
-        lifetime: cfg.queue.lifetime.0,
-    });
+    let events_wake = Arc::new(tokio::sync::Notify::new());
     let dns = Arc::new(
         relay::dns::Dns::new(&cfg.dns.servers).map_err(|e| ServeError::Dns(e.to_string()))?,
     );
@@ -59,7 +55,8 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
         .domain
         .parse()
         .map_err(|_| ServeError::Dns("mmse.domain".into()))?;
-    let outbound = relay::outbound::Outbound::new(
+    let cdr = Arc::new(relay::cdr::CdrWriter::new(&cfg.store.path));
+    let outbound = relay::outbound::Outbound::with_cdr(
         spool.clone(),
         router.clone(),
         clock.clone(),
@@ -81,8 +78,25 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
             },
             our_domain: domain.clone(),
         },
+        Some(cdr.clone()),
     );
+    let handler = Arc::new(Inbound {
+        dir: dir.clone(),
+        store: spool.clone(),
+        lifetime: cfg.queue.lifetime.0,
+        wake: vec![events_wake.clone(), outbound.wake.clone()],
+    });
+    let events = Arc::new(relay::events::Events {
+        store: spool.clone(),
+        dir: dir.clone(),
+        clock: clock.clone(),
+        cdr: Some(cdr.clone()),
+        wake: events_wake.clone(),
+        outbound_wake: outbound.wake.clone(),
+        system_address: cfg.mmse.system_address(),
+    });
     let api = Arc::new(relay::api::Api {
+        events: events.clone(),
         store: spool.clone(),
         router: router.clone(),
         outbound: outbound.clone(),
@@ -163,6 +177,7 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
             .await
     });
     let scheduler = tokio::spawn(outbound.clone().run(stop_rx.clone()));
+    let event_task = tokio::spawn(events.clone().run(stop_rx.clone()));
     api.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(domain = %cfg.mmse.domain, store = %cfg.store.path.display(), "mmsrelay running");
 
@@ -179,6 +194,8 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
         }
     }
     let _ = scheduler.await;
+    let _ = event_task.await;
+    drop(events);
     let _ = api_task.await;
     drop(api);
     drop(outbound);

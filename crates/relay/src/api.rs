@@ -18,6 +18,7 @@ use crate::routing::Router;
 use crate::submit::{submit, SubmitConfig, SubmitError, SubmitRequest};
 
 pub struct Api {
+    pub events: Arc<crate::events::Events>,
     pub store: Arc<dyn Spool>,
     pub router: Arc<Router>,
     pub outbound: Arc<Outbound>,
@@ -236,6 +237,228 @@ async fn get_queue(
     ))
 }
 
+/// The canonical mailbox key of a subscriber address (`+E164`).
+fn mailbox_key(address: &str) -> Result<String, ApiError> {
+    let a: mm4::Address = address.parse().map_err(|e: mm4::AddressError| {
+        ApiError(StatusCode::BAD_REQUEST, "invalid_address", e.to_string())
+    })?;
+    a.e164().map(ToString::to_string).ok_or_else(|| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "invalid_address",
+            format!("{address}: not a PLMN number"),
+        )
+    })
+}
+
+fn mailbox_entry(api: &Api, id: MsgId) -> Result<Option<(StoredMessage, Vec<u8>)>, ApiError> {
+    let Some(meta) = api.store.message(id).map_err(internal)? else {
+        return Ok(None);
+    };
+    let meta: StoredMessage = serde_json::from_slice(&meta).map_err(internal)?;
+    let body = api.store.body(id).map_err(internal)?.unwrap_or_default();
+    Ok(Some((meta, body)))
+}
+
+async fn get_mailbox(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(address): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    api.check_auth(&headers)?;
+    let key = mailbox_key(&address)?;
+    let mut out = Vec::new();
+    for id in api.store.mailbox(&key).map_err(internal)? {
+        let Some((meta, body)) = mailbox_entry(&api, id)? else {
+            continue;
+        };
+        let Ok(pdu) = mm4::parse(&body) else { continue };
+        let mm4::Kind::ForwardReq(f) = &pdu.kind else {
+            continue;
+        };
+        out.push(json!({
+            "id": id.to_string(),
+            "message_id": f.message_id,
+            "from": pdu.from.as_ref().map(ToString::to_string),
+            "to": pdu.to.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "cc": f.cc.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "subject": f.subject,
+            "received_at": rfc3339(meta.received_at),
+            "size": meta.size,
+            "delivery_report": f.delivery_report.unwrap_or(false),
+            "read_reply": f.read_reply.unwrap_or(false),
+            "parts": pdu.body.as_ref().map(|b| b.parts()).unwrap_or_default().into_iter().map(|p| json!({
+                "content_type": p.content_type, "name": p.name, "size": p.size,
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+/// The stored forward `id` if it is in `address`'s mailbox.
+fn in_mailbox(
+    api: &Api,
+    address: &str,
+    id: &str,
+) -> Result<(MsgId, StoredMessage, Vec<u8>), ApiError> {
+    let key = mailbox_key(address)?;
+    let id: MsgId = id.parse().map_err(|_| not_found("message"))?;
+    if !api.store.mailbox(&key).map_err(internal)?.contains(&id) {
+        return Err(not_found("message"));
+    }
+    let (meta, body) = mailbox_entry(api, id)?.ok_or_else(|| not_found("message"))?;
+    Ok((id, meta, body))
+}
+
+async fn get_raw(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path((address, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    api.check_auth(&headers)?;
+    let (_, _, body) = in_mailbox(&api, &address, &id)?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "message/rfc822")], body).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportIn {
+    status: Option<String>,
+    read_status: Option<String>,
+}
+
+/// The subscriber's side of an MM: a delivery report or read reply to its originator MMSE.
+async fn post_report(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path((address, id)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    api.check_auth(&headers)?;
+    let req: ReportIn = serde_json::from_slice(&body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("body: {e}"),
+        )
+    })?;
+    let (_, meta, raw) = in_mailbox(&api, &address, &id)?;
+    let fwd = mm4::parse(&raw).map_err(internal)?;
+    let mm4::Kind::ForwardReq(f) = &fwd.kind else {
+        return Err(not_found("forward"));
+    };
+    let subscriber: mm4::Address = mailbox_key(&address)?.parse().map_err(internal)?;
+    let kind = match (&req.status, &req.read_status) {
+        (Some(s), None) => {
+            let status: mm4::MmStatus = s.parse().map_err(|e: mm4::values::BadValue| {
+                ApiError(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    format!("status: {e}"),
+                )
+            })?;
+            if f.delivery_report != Some(true) {
+                return Err(ApiError(
+                    StatusCode::CONFLICT,
+                    "report_not_requested",
+                    "the MM did not ask for delivery reports".into(),
+                ));
+            }
+            mm4::Kind::DeliveryReportReq(mm4::DeliveryReport {
+                message_id: f.message_id.clone(),
+                mm_status: status,
+                mm_status_unknown: None,
+                mm_status_extension: None,
+                status_text: None,
+                forward_to_originator_ua: Some(true),
+                applic: Default::default(),
+            })
+        }
+        (None, Some(r)) => {
+            let rs: mm4::ReadStatus = r.parse().map_err(|e: mm4::values::BadValue| {
+                ApiError(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    format!("read_status: {e}"),
+                )
+            })?;
+            if f.read_reply != Some(true) {
+                return Err(ApiError(
+                    StatusCode::CONFLICT,
+                    "report_not_requested",
+                    "the MM did not ask for a read reply".into(),
+                ));
+            }
+            mm4::Kind::ReadReplyReq(mm4::ReadReply {
+                message_id: f.message_id.clone(),
+                read_status: rs,
+                status_text: None,
+                applic: Default::default(),
+            })
+        }
+        _ => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "exactly one of status and read_status".into(),
+            ))
+        }
+    };
+    // To the original sender, at the MMSE the MM came from (SPEC §5).
+    let origin = fwd
+        .originator_system
+        .as_ref()
+        .or(fwd.sender.as_ref())
+        .and_then(|a| a.domain().cloned())
+        .or_else(|| {
+            meta.mail_from
+                .parse::<mm4::Address>()
+                .ok()
+                .and_then(|a| a.domain().cloned())
+        })
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::CONFLICT,
+                "no_originator",
+                "the MM names no originator MMSE".into(),
+            )
+        })?;
+    let sender = fwd.from.clone().ok_or_else(|| {
+        ApiError(
+            StatusCode::CONFLICT,
+            "no_originator",
+            "the MM has no From".into(),
+        )
+    })?;
+    let rcpt = sender.with_domain(origin).to_string();
+    let mut pdu = mm4::Pdu::new(crate::events::new_tid("R"), kind);
+    pdu.date = Some(
+        time::OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .unwrap_or_else(|_| time::OffsetDateTime::now_utc()),
+    );
+    pdu.from = Some(subscriber);
+    pdu.to = vec![sender.without_domain()];
+    pdu.ack_request = Some(true);
+    pdu.originator_system = api.events.system_address.parse().ok();
+    let tid = pdu.transaction_id.clone();
+    let mt = pdu.message_type();
+    let ops = api.events.originate(pdu, &rcpt, None);
+    if ops.is_empty() {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "no_route",
+            format!("no peer serves {rcpt}"),
+        ));
+    }
+    api.store.commit(ops).await.map_err(internal)?;
+    api.outbound.wake.notify_one();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"type": mt.as_str(), "transaction_id": tid, "to": rcpt})),
+    ))
+}
+
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
@@ -262,6 +485,9 @@ pub fn routes(api: Arc<Api>) -> Http {
         .route("/v1/messages", post(post_message))
         .route("/v1/messages/{id}", get(get_message))
         .route("/v1/queue", get(get_queue))
+        .route("/v1/mailbox/{address}", get(get_mailbox))
+        .route("/v1/mailbox/{address}/{id}/raw", get(get_raw))
+        .route("/v1/mailbox/{address}/{id}/report", post(post_report))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(fallback)

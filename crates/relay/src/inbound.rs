@@ -46,6 +46,8 @@ pub struct Inbound {
     pub store: Arc<dyn Spool>,
     /// How long a transit forward without `X-Mms-Expiry` is kept trying.
     pub lifetime: std::time::Duration,
+    /// Wakes the event processor (and the scheduler, for transit) after a commit.
+    pub wake: Vec<Arc<tokio::sync::Notify>>,
 }
 
 /// What a message becomes: the commit that stores it and the reply once it is durable.
@@ -406,6 +408,9 @@ impl smtp::driver::MessageHandler for Inbound {
                     .count();
                 if dups > 0 {
                     tracing::info!(duplicates = dups, "duplicate forward: not delivered again");
+                }
+                for w in &self.wake {
+                    w.notify_one();
                 }
                 plan.reply
             }

@@ -5,6 +5,7 @@ pub mod cdr;
 pub mod config;
 pub mod directory;
 pub mod dns;
+pub mod events;
 pub mod inbound;
 pub mod outbound;
 pub mod records;

@@ -248,7 +248,7 @@ pub struct Outbound {
     pub clock: Arc<dyn Clock>,
     pub cfg: OutboundConfig,
     /// Wakes the scheduler (new work).
-    pub wake: Notify,
+    pub wake: Arc<Notify>,
     in_flight: Mutex<HashSet<(MsgId, u32)>>,
     semaphores: HashMap<String, Arc<Semaphore>>,
     pool: Mutex<HashMap<String, Vec<Connection>>>,
@@ -302,7 +302,7 @@ impl Outbound {
             router,
             clock,
             cfg,
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
             in_flight: Mutex::new(HashSet::new()),
             semaphores,
             pool: Mutex::new(HashMap::new()),
