@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod client;
 mod inspect;
+mod probe;
 mod serve;
 
 /// Exit codes of the contract.
@@ -30,6 +31,16 @@ enum LogFormat {
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// Queued work per peer and the oldest items.
+    List,
+    /// Retry a message now.
+    Retry { id: String },
+    /// Give up on a message (its pending recipients end failed).
+    Delete { id: String },
 }
 
 #[derive(Subcommand)]
@@ -63,6 +74,16 @@ enum Command {
         delivery_report: bool,
         #[arg(long)]
         read_reply: bool,
+    },
+    /// Connect to an SMTP server and print its capabilities (XMM4 included) and whether
+    /// STARTTLS works.
+    Probe { target: String },
+    /// Queue inspection and control.
+    Queue {
+        #[arg(long, default_value = "http://127.0.0.1:8025")]
+        api: String,
+        #[command(subcommand)]
+        action: QueueAction,
     },
     /// Print a message's per-recipient states and timeline.
     Status {
@@ -176,6 +197,46 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_RUNTIME)
             }
         },
+        Command::Probe { target } => {
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("mmsrelay probe: {e}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            };
+            match rt.block_on(probe::probe(&target)) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mmsrelay probe {target}: {e}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
+        }
+        Command::Queue { api, action } => {
+            let r = match action {
+                QueueAction::List => client::request(&api, "GET", "/v1/queue", None),
+                QueueAction::Retry { id } => {
+                    client::request(&api, "POST", &format!("/v1/queue/{id}/retry"), None)
+                }
+                QueueAction::Delete { id } => {
+                    client::request(&api, "DELETE", &format!("/v1/queue/{id}"), None)
+                }
+            };
+            match r {
+                Ok(v) => {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mmsrelay queue: {e}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
+        }
         Command::Status { api, id } => match client::status(&api, &id) {
             Ok(text) => {
                 print!("{text}");

@@ -85,6 +85,7 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
         store: spool.clone(),
         lifetime: cfg.queue.lifetime.0,
         wake: vec![events_wake.clone(), outbound.wake.clone()],
+        metrics: outbound.metrics.clone(),
     });
     let events = Arc::new(relay::events::Events {
         store: spool.clone(),

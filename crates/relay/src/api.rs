@@ -459,6 +459,200 @@ async fn post_report(
     ))
 }
 
+/// Each peer with its effective capabilities and where each value came from (EXTENSIONS §2:
+/// an explicitly configured value wins over a learned one), its queue and its last error.
+async fn get_peers(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    api.check_auth(&headers)?;
+    let due = api.store.due(u64::MAX, 100_000).map_err(internal)?;
+    let mut depth: std::collections::HashMap<String, u64> = Default::default();
+    for d in &due {
+        let peer = api
+            .store
+            .recipients(d.id)
+            .map_err(internal)?
+            .into_iter()
+            .find(|(i, _)| *i == d.idx)
+            .and_then(|(_, b)| serde_json::from_slice::<RecipientState>(&b).ok()?.peer);
+        if let Some(p) = peer {
+            *depth.entry(p).or_default() += 1;
+        }
+    }
+    let ehlo = api
+        .outbound
+        .capabilities
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let errors = api
+        .outbound
+        .last_error
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let mut out = Vec::new();
+    for p in &api.router.dir.peers {
+        let c = &p.cfg;
+        let seen = ehlo.get(&c.name);
+        let record = |prefix: &str| -> Option<Value> {
+            p.domains.iter().find_map(|d| {
+                let b = api.store.capability(&format!("{prefix}:{d}")).ok()??;
+                serde_json::from_slice(&b).ok()
+            })
+        };
+        let learned = record("seen");
+        let exchanged = record("exchange");
+        let (size, size_src) = match (
+            c.max_message_size,
+            seen.and_then(|s| s.caps.size.filter(|n| *n > 0)),
+        ) {
+            (Some(n), _) => (Some(n), "static"),
+            (None, Some(n)) => (Some(n), "ehlo"),
+            (None, None) => (None, "none"),
+        };
+        let (version, version_src) = match (
+            &c.mms_version,
+            learned
+                .as_ref()
+                .and_then(|l| l["version"].as_str().map(str::to_string)),
+        ) {
+            (Some(v), _) => (Some(v.clone()), "static"),
+            (None, Some(v)) => (Some(v), "learned"),
+            (None, None) => (Some("6.16.0".to_string()), "default"),
+        };
+        out.push(json!({
+            "name": c.name,
+            "mode": format!("{:?}", c.mode).to_lowercase(),
+            "domains": c.domains,
+            "hosts": c.hosts,
+            "tls": format!("{:?}", c.tls).to_lowercase(),
+            "capabilities_mode": format!("{:?}", c.capabilities).to_lowercase(),
+            "effective": {
+                "max_message_size": {"value": size, "source": size_src},
+                "mms_version": {"value": version, "source": version_src},
+                "ack_request": {"value": c.ack_request, "source": "static"},
+                "xmm4_sync": {"value": seen.map(|s| s.caps.xmm4_sync()), "source": if seen.is_some() { "ehlo" } else { "none" }},
+            },
+            "ehlo": seen.map(|s| json!({
+                "at": rfc3339(s.at), "host": s.host.to_string(), "tls": s.tls,
+                "size": s.caps.size, "pipelining": s.caps.pipelining, "8bitmime": s.caps.eightbitmime,
+                "binarymime": s.caps.binarymime, "chunking": s.caps.chunking, "dsn": s.caps.dsn,
+                "enhancedstatuscodes": s.caps.enhanced_status_codes, "starttls": s.caps.starttls,
+                "smtputf8": s.caps.smtputf8,
+                "xmm4": s.caps.xmm4.as_ref().map(|x| json!({"versions": x.versions, "sync": x.sync})),
+            })),
+            "learned": learned,
+            "exchanged": exchanged,
+            "queue_depth": depth.get(&c.name).copied().unwrap_or(0),
+            "last_error": errors.get(&c.name).map(|(at, e)| json!({"at": rfc3339(*at), "error": e})),
+        }));
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+/// Pending recipients of a message, with their states, for retry/delete.
+fn pending(api: &Api, id: MsgId) -> Result<Vec<(u32, RecipientState)>, ApiError> {
+    let all = api.store.recipients(id).map_err(internal)?;
+    if all.is_empty() {
+        return Err(not_found("queued message"));
+    }
+    Ok(all
+        .into_iter()
+        .filter_map(|(i, b)| Some((i, serde_json::from_slice::<RecipientState>(&b).ok()?)))
+        .filter(|(_, st)| st.due.is_some())
+        .collect())
+}
+
+async fn retry_queue(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    api.check_auth(&headers)?;
+    let id = api.find(&id)?.ok_or_else(|| not_found("message"))?;
+    let now = api.clock.now_ms();
+    let mut ops = Vec::new();
+    for (idx, mut st) in pending(&api, id)? {
+        let old = st.due;
+        st.due = Some(now.max(0) as u64);
+        st.events.push(crate::records::TimelineEvent {
+            at: now,
+            event: "retry".into(),
+            detail: "retry requested through the API".into(),
+        });
+        ops.push(store::Op::SetRecipient {
+            id,
+            idx,
+            due: st.due,
+            state: crate::records::to_bytes(&st),
+            old_due: old,
+        });
+    }
+    let n = ops.len();
+    api.store.commit(ops).await.map_err(internal)?;
+    api.outbound.wake.notify_one();
+    Ok(Json(json!({"id": id.to_string(), "retried": n})))
+}
+
+async fn delete_queue(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    api.check_auth(&headers)?;
+    let id = api.find(&id)?.ok_or_else(|| not_found("message"))?;
+    let now = api.clock.now_ms();
+    let mut ops = Vec::new();
+    for (idx, mut st) in pending(&api, id)? {
+        let old = st.due;
+        st.status_code = Some(mm4::RequestStatus::ErrorUnspecified.as_str().into());
+        st.status_text = Some("deleted from the queue by the operator".into());
+        st.set(
+            crate::records::RcptState::Failed,
+            now,
+            "deleted from the queue by the operator",
+        );
+        st.due = None;
+        ops.push(store::Op::SetRecipient {
+            id,
+            idx,
+            due: None,
+            state: crate::records::to_bytes(&st),
+            old_due: old,
+        });
+    }
+    let n = ops.len();
+    api.store.commit(ops).await.map_err(internal)?;
+    Ok(Json(json!({"id": id.to_string(), "failed": n})))
+}
+
+async fn metrics(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    api.check_auth(&headers)?;
+    let stats = api.store.stats();
+    let depth = api.store.due(u64::MAX, 1_000_000).map_err(internal)?.len() as f64;
+    let text = api.outbound.metrics.render(&[
+        (
+            "mmsrelay_store_commits",
+            vec![(String::new(), stats.commits.load(Ordering::Relaxed) as f64)],
+        ),
+        (
+            "mmsrelay_store_fsyncs",
+            vec![(String::new(), stats.syncs.load(Ordering::Relaxed) as f64)],
+        ),
+        ("mmsrelay_queue_depth", vec![(String::new(), depth)]),
+    ]);
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+        .into_response())
+}
+
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
@@ -485,6 +679,10 @@ pub fn routes(api: Arc<Api>) -> Http {
         .route("/v1/messages", post(post_message))
         .route("/v1/messages/{id}", get(get_message))
         .route("/v1/queue", get(get_queue))
+        .route("/v1/queue/{id}/retry", post(retry_queue))
+        .route("/v1/queue/{id}", axum::routing::delete(delete_queue))
+        .route("/v1/peers", get(get_peers))
+        .route("/metrics", get(metrics))
         .route("/v1/mailbox/{address}", get(get_mailbox))
         .route("/v1/mailbox/{address}/{id}/raw", get(get_raw))
         .route("/v1/mailbox/{address}/{id}/report", post(post_report))

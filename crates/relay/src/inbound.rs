@@ -48,12 +48,15 @@ pub struct Inbound {
     pub lifetime: std::time::Duration,
     /// Wakes the event processor (and the scheduler, for transit) after a commit.
     pub wake: Vec<Arc<tokio::sync::Notify>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What a message becomes: the commit that stores it and the reply once it is durable.
 struct Plan {
     ops: Vec<Op>,
     reply: Reply,
+    /// What it was, for the metrics.
+    label: &'static str,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -191,6 +194,14 @@ impl Inbound {
         }
 
         let mt = pdu.message_type();
+        let learned = origin_domain(&pdu, &msg.mail_from.address).map(|d| Op::PutCapability {
+            peer: format!("seen:{d}"),
+            record: serde_json::json!({
+                "at": now_ms(), "version": pdu.version.to_string(), "message_type": mt.as_str(),
+            })
+            .to_string()
+            .into_bytes(),
+        });
         let mut rec = self.base_record(
             msg,
             MessageKind::Mm4 {
@@ -217,7 +228,9 @@ impl Inbound {
             let event = Event::Pdu {
                 message_type: mt.as_str().to_string(),
             };
-            return Ok(self.simple_plan(id, rec, event, reply));
+            let mut plan = self.simple_plan(id, rec, event, reply);
+            plan.ops.extend(learned);
+            return Ok(plan);
         };
 
         // A forward: file it for local recipients, queue it onwards for transit ones.
@@ -299,7 +312,12 @@ impl Inbound {
             id,
             event: to_bytes(&event),
         });
-        Ok(Plan { ops: all, reply })
+        all.extend(learned);
+        Ok(Plan {
+            ops: all,
+            reply,
+            label: "MM4_forward.REQ",
+        })
     }
 
     fn simple_plan(
@@ -309,6 +327,16 @@ impl Inbound {
         event: Event,
         reply: Reply,
     ) -> Plan {
+        let label = match &event {
+            Event::Dsn => "DSN",
+            Event::Bounce => "bounce",
+            Event::Refused { .. } => "refused",
+            Event::Pdu { message_type } => message_type
+                .parse::<MessageType>()
+                .map(|m| m.as_str())
+                .unwrap_or("MM4"),
+            Event::ForwardReceived { .. } => "MM4_forward.REQ",
+        };
         Plan {
             ops: vec![
                 Op::PutMessage {
@@ -323,6 +351,7 @@ impl Inbound {
                 },
             ],
             reply,
+            label,
         }
     }
 
@@ -395,7 +424,13 @@ impl smtp::driver::MessageHandler for Inbound {
     async fn commit(&self, msg: ReceivedMessage) -> Reply {
         let mut plan = match self.plan(&msg) {
             Ok(p) => p,
-            Err(reply) => return reply,
+            Err(reply) => {
+                self.metrics.inc(
+                    "mmsrelay_messages_refused_total",
+                    &[("code", &reply.code.to_string())],
+                );
+                return reply;
+            }
         };
         if let Some(Op::PutMessage { body, .. }) = plan.ops.first_mut() {
             *body = msg.data;
@@ -412,6 +447,8 @@ impl smtp::driver::MessageHandler for Inbound {
                 for w in &self.wake {
                     w.notify_one();
                 }
+                self.metrics
+                    .inc("mmsrelay_messages_in_total", &[("type", plan.label)]);
                 plan.reply
             }
             Err(e) => {

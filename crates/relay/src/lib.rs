@@ -7,6 +7,7 @@ pub mod directory;
 pub mod dns;
 pub mod events;
 pub mod inbound;
+pub mod metrics;
 pub mod outbound;
 pub mod records;
 pub mod routing;

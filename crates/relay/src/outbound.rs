@@ -256,6 +256,7 @@ pub struct Outbound {
     /// The last transient failure per peer (time, evidence), for `GET /v1/peers`.
     pub last_error: Mutex<HashMap<String, (i64, String)>>,
     pub cdr: Option<Arc<crate::cdr::CdrWriter>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Most recipients being delivered at once (beyond the per-peer connection limits, this bounds
@@ -309,6 +310,7 @@ impl Outbound {
             capabilities: Mutex::new(HashMap::new()),
             last_error: Mutex::new(HashMap::new()),
             cdr,
+            metrics: Arc::new(crate::metrics::Metrics::default()),
         })
     }
 
@@ -515,7 +517,21 @@ impl Outbound {
                 }
                 if matches!(attempt, Attempt::Accepted { .. }) {
                     sent_to.push(st.address.clone());
+                    self.metrics
+                        .observe_latency((now - meta.received_at).max(0) as f64 / 1000.0);
                 }
+                let result = match &attempt {
+                    Attempt::Accepted { .. } => "Ok".to_string(),
+                    Attempt::Retry { .. } => "retry".to_string(),
+                    Attempt::Fail { status, .. } => status.as_str().to_string(),
+                };
+                self.metrics.inc(
+                    "mmsrelay_messages_out_total",
+                    &[
+                        ("peer", st.peer.as_deref().unwrap_or("-")),
+                        ("result", &result),
+                    ],
+                );
                 let wait = waits_ack.then_some(self.cfg.ack_timeout);
                 apply_with_ack(
                     &mut st,
