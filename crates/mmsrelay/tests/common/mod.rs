@@ -344,3 +344,62 @@ pub fn sender_b() -> &'static str {
 pub fn local(n: &str) -> String {
     format!("{n}/TYPE=PLMN@{DOMAIN}")
 }
+
+/// One HTTP request to a relay's API: (status, JSON body).
+pub fn http(method: &str, api: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    let addr = api.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).unwrap();
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, rest) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let text = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut r = rest;
+        while let Some((len, tail)) = r.split_once("\r\n") {
+            let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+            if n == 0 || tail.len() < n {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            r = tail[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        rest.to_string()
+    };
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+/// Polls `GET path` until `cond` holds (30 s at most); returns the last answer.
+pub fn wait_api(
+    api: &str,
+    path: &str,
+    cond: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = http("GET", api, path, None);
+        if cond(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out on {path}: {v:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

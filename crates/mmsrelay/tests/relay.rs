@@ -1,0 +1,512 @@
+//! The MMS Relay/Server semantics between real instances on loopback, each with its own store:
+//! RES (separate mail and folded into the reply), duplicates, lost RES and re-send, delivery and
+//! read reports with their RES, a DSN, charging records, restarts mid-scenario.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+use store::Spool;
+
+const B_DOMAIN: &str = "mms.mnc002.mcc262.gprs";
+
+struct Op {
+    dir: TempDir,
+    relay: Relay,
+    api: String,
+}
+
+fn port() -> u16 {
+    free_port("127.0.0.1")
+}
+
+/// A: +1555, sends to B (+49172) at `b_hosts`. B: +49172, RES to A at `a_hosts`.
+fn operator_a(b_hosts: &str, extra: &str) -> Op {
+    let dir = TempDir::new("rel-a");
+    let smtp: SocketAddr = format!("127.0.0.1:{}", port()).parse().unwrap();
+    let api = port();
+    let cfg = format!(
+        r#"
+[mmse]
+domain = "{DOMAIN}"
+local_prefixes = ["+1555"]
+[smtp]
+listen = ["{smtp}"]
+[api]
+listen = "127.0.0.1:{api}"
+[store]
+path = "{store}"
+[queue]
+retry_initial = "1s"
+retry_max = "1s"
+{extra}
+[[peer]]
+name = "operator-b"
+domains = ["{B_DOMAIN}"]
+prefixes = ["+49172"]
+hosts = [{b_hosts}]
+tls = "none"
+allow = ["127.0.0.1/32"]
+"#,
+        store = dir.0.join("data").display()
+    );
+    let relay = Relay::start(&dir.0, &cfg, smtp);
+    Op {
+        dir,
+        relay,
+        api: format!("http://127.0.0.1:{api}"),
+    }
+}
+
+fn operator_b(smtp: SocketAddr, a_hosts: &str, smtp_extra: &str) -> Op {
+    let dir = TempDir::new("rel-b");
+    let api = port();
+    let cfg = format!(
+        r#"
+[mmse]
+domain = "{B_DOMAIN}"
+local_prefixes = ["+49172"]
+[smtp]
+listen = ["{smtp}"]
+{smtp_extra}
+[api]
+listen = "127.0.0.1:{api}"
+[store]
+path = "{store}"
+[queue]
+retry_initial = "1s"
+retry_max = "1s"
+[[peer]]
+name = "operator-a"
+domains = ["{DOMAIN}"]
+prefixes = ["+1555"]
+hosts = [{a_hosts}]
+tls = "none"
+allow = ["127.0.0.1/32"]
+"#,
+        store = dir.0.join("data").display()
+    );
+    let relay = Relay::start(&dir.0, &cfg, smtp);
+    Op {
+        dir,
+        relay,
+        api: format!("http://127.0.0.1:{api}"),
+    }
+}
+
+fn submit(a: &Op, to: &str, dr: bool, rr: bool) -> String {
+    let body = json!({
+        "from": "+15550000001", "to": [to], "subject": "hello",
+        "delivery_report": dr, "read_reply": rr,
+        "parts": [{"content_type": "text/plain", "text": "hi there"}],
+    });
+    let (code, v) = http("POST", &a.api, "/v1/messages", Some(&body.to_string()));
+    assert_eq!(code, 202, "{v}");
+    v["id"].as_str().unwrap().to_string()
+}
+
+fn state_is(want: &'static str) -> impl Fn(&Value) -> bool {
+    move |v| v["recipients"][0]["state"] == want
+}
+
+fn cdr_types(data: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in std::fs::read_dir(data.join("cdr")).into_iter().flatten() {
+        for line in std::fs::read_to_string(f.unwrap().path()).unwrap().lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            out.push(v["record_type"].as_str().unwrap().to_string());
+        }
+    }
+    out
+}
+
+/// A pair where B answers with separate RES mails (XMM4 off) or folds them (XMM4 on).
+fn pair(xmm4: bool) -> (Op, Op) {
+    let b_smtp: SocketAddr = format!("127.0.0.1:{}", port()).parse().unwrap();
+    let a_smtp_port = port();
+    let b = operator_b(
+        b_smtp,
+        &format!("\"127.0.0.1:{a_smtp_port}\""),
+        if xmm4 { "" } else { "xmm4 = false" },
+    );
+    // A on the port B sends its RES to.
+    let dir = TempDir::new("rel-a");
+    let api = port();
+    let cfg = format!(
+        r#"
+[mmse]
+domain = "{DOMAIN}"
+local_prefixes = ["+1555"]
+[smtp]
+listen = ["127.0.0.1:{a_smtp_port}"]
+[api]
+listen = "127.0.0.1:{api}"
+[store]
+path = "{store}"
+[[peer]]
+name = "operator-b"
+domains = ["{B_DOMAIN}"]
+prefixes = ["+49172"]
+hosts = ["{b_smtp}"]
+tls = "none"
+allow = ["127.0.0.1/32"]
+"#,
+        store = dir.0.join("data").display()
+    );
+    let smtp: SocketAddr = format!("127.0.0.1:{a_smtp_port}").parse().unwrap();
+    let relay = Relay::start(&dir.0, &cfg, smtp);
+    let a = Op {
+        dir,
+        relay,
+        api: format!("http://127.0.0.1:{api}"),
+    };
+    (a, b)
+}
+
+#[test]
+fn forward_res_delivery_report_and_read_reply_round_trips() {
+    let (mut a, mut b) = pair(false);
+    let id = submit(&a, "+491721111111", true, true);
+    // A separate MM4_forward.RES mail from B acknowledges it.
+    let v = wait_api(
+        &a.api,
+        &format!("/v1/messages/{id}"),
+        state_is("acknowledged"),
+    );
+    let events: Vec<&str> = v["recipients"][0]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["queued", "forwarded", "acknowledged"], "{v:#}");
+    assert!(v["recipients"][0]["events"][2]["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("MM4_forward.RES Ok"));
+
+    // A restarts in the middle: state survives.
+    a.relay.terminate();
+    a.relay.restart();
+
+    // B's subscriber retrieves and reads it: reports travel back, answered by RES.
+    let mbox = wait_api(&b.api, "/v1/mailbox/+491721111111", |v| {
+        v.as_array().is_some_and(|a| a.len() == 1)
+    });
+    let mid = mbox[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(mbox[0]["delivery_report"], true);
+    let (code, r) = http(
+        "POST",
+        &b.api,
+        &format!("/v1/mailbox/+491721111111/{mid}/report"),
+        Some(r#"{"status":"Retrieved"}"#),
+    );
+    assert_eq!(code, 202, "{r}");
+    wait_api(&a.api, &format!("/v1/messages/{id}"), state_is("delivered"));
+    let (code, _) = http(
+        "POST",
+        &b.api,
+        &format!("/v1/mailbox/+491721111111/{mid}/report"),
+        Some(r#"{"read_status":"Read"}"#),
+    );
+    assert_eq!(code, 202);
+    let v = wait_api(&a.api, &format!("/v1/messages/{id}"), state_is("read"));
+    assert_eq!(v["recipients"][0]["status_code"], "Read");
+
+    // Charging records on both sides (B's RES for the reports arrive back at B).
+    std::thread::sleep(Duration::from_millis(500));
+    let a_cdr = cdr_types(&a.dir.0.join("data"));
+    for t in ["MMO4FRq", "MMO4FRs", "MMO4D", "MMO4R"] {
+        assert!(a_cdr.iter().any(|x| x == t), "A lacks {t}: {a_cdr:?}");
+    }
+    b.relay.terminate();
+    let b_cdr = cdr_types(&b.dir.0.join("data"));
+    for t in ["MMR4F", "MMR4DRq", "MMR4DRs", "MMR4RRq", "MMR4RRs"] {
+        assert!(b_cdr.iter().any(|x| x == t), "B lacks {t}: {b_cdr:?}");
+    }
+}
+
+#[test]
+fn reports_the_mm_did_not_ask_for_are_409() {
+    let (a, b) = pair(true);
+    let _ = submit(&a, "+491721111111", false, false);
+    let mbox = wait_api(&b.api, "/v1/mailbox/+491721111111", |v| {
+        v.as_array().is_some_and(|a| a.len() == 1)
+    });
+    let mid = mbox[0]["id"].as_str().unwrap();
+    let (code, v) = http(
+        "POST",
+        &b.api,
+        &format!("/v1/mailbox/+491721111111/{mid}/report"),
+        Some(r#"{"status":"Retrieved"}"#),
+    );
+    assert_eq!(code, 409, "{v}");
+    assert_eq!(v["error"]["code"], "report_not_requested");
+    let (code, _) = http(
+        "GET",
+        &b.api,
+        &format!("/v1/mailbox/+491721111111/{mid}/raw"),
+        None,
+    );
+    assert_eq!(code, 200);
+}
+
+#[test]
+fn xmm4_sync_folds_the_res_and_no_res_mail_is_sent() {
+    let (a, mut b) = pair(true);
+    let id = submit(&a, "+491721111111", false, false);
+    let v = wait_api(
+        &a.api,
+        &format!("/v1/messages/{id}"),
+        state_is("acknowledged"),
+    );
+    assert!(v["recipients"][0]["status_text"]
+        .as_str()
+        .unwrap()
+        .contains("[MM4 Ok]"));
+    std::thread::sleep(Duration::from_millis(500));
+    b.relay.terminate();
+    let s = store::Embedded::open(&b.relay.store_path()).unwrap();
+    // B queued nothing outbound: no RES mail for a folded RES.
+    assert_eq!(s.due(u64::MAX, 10).unwrap().len(), 0);
+    let mut res_mails = 0;
+    for id in 1..20 {
+        if let Some(m) = s.message(id).unwrap() {
+            let m: Value = serde_json::from_slice(&m).unwrap();
+            if m["kind"]["mm4"]["message_type"] == "MM4_forward.RES" {
+                res_mails += 1;
+            }
+        }
+    }
+    assert_eq!(res_mails, 0);
+    // The EHLO record shows B's XMM4 on A's side.
+    let (_, peers) = http("GET", &a.api, "/v1/peers", None);
+    assert_eq!(peers[0]["ehlo"]["xmm4"]["sync"], true, "{peers:#}");
+    assert_eq!(peers[0]["effective"]["xmm4_sync"]["source"], "ehlo");
+}
+
+#[test]
+fn a_duplicate_forward_is_filed_once_and_answered_twice() {
+    let (a, mut b) = pair(false);
+    // The same forward twice (a resend after a lost RES), straight into B.
+    let mut c = Client::connect(b.relay.smtp);
+    c.hello();
+    let fwd = String::from_utf8(forward("DUP-1", "+491721111111", 500))
+        .unwrap()
+        .replace(
+            "system-user@mms.mnc002.mcc262.gprs",
+            "system-user@mms.mnc001.mcc001.gprs",
+        )
+        .replace("mms.mnc002.mcc262.gprs\"", "mms.mnc001.mcc001.gprs\"");
+    for _ in 0..2 {
+        let r = c.transaction(
+            "+15550000001/TYPE=PLMN@mms.mnc001.mcc001.gprs",
+            &["+491721111111/TYPE=PLMN@mms.mnc002.mcc262.gprs"],
+            fwd.as_bytes(),
+        );
+        assert!(r.starts_with("250"), "{r}");
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, mbox) = http("GET", &b.api, "/v1/mailbox/+491721111111", None);
+    assert_eq!(mbox.as_array().unwrap().len(), 1, "filed once");
+    b.relay.terminate();
+    let s = store::Embedded::open(&b.relay.store_path()).unwrap();
+    let mut res = 0;
+    for id in 1..20 {
+        if let Some(m) = s.message(id).unwrap() {
+            let m: Value = serde_json::from_slice(&m).unwrap();
+            if m["kind"]["mm4"]["message_type"] == "MM4_forward.RES" {
+                res += 1;
+                assert_eq!(m["transaction_id"], "DUP-1");
+            }
+        }
+    }
+    assert_eq!(res, 2, "answered twice");
+    drop(a);
+}
+
+#[test]
+fn a_lost_res_means_the_same_req_again_then_acknowledged_once() {
+    // B's RES go first to a host that takes one mail and loses it, then dies.
+    let swallower = TcpListener::bind("127.0.0.1:0").unwrap();
+    let sw_addr = swallower.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader, Write};
+        if let Ok((s, _)) = swallower.accept() {
+            let mut w = s.try_clone().unwrap();
+            let mut r = BufReader::new(s);
+            let _ = w.write_all(b"220 blackhole ESMTP\r\n");
+            let mut in_data = false;
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                if in_data {
+                    if line == ".\r\n" {
+                        let _ = w.write_all(b"250 2.0.0 swallowed\r\n");
+                        break;
+                    }
+                } else if line.starts_with("DATA") {
+                    let _ = w.write_all(b"354 go\r\n");
+                    in_data = true;
+                } else if line.starts_with("EHLO") {
+                    let _ = w.write_all(b"250-blackhole\r\n250 PIPELINING\r\n");
+                } else {
+                    let _ = w.write_all(b"250 2.0.0 ok\r\n");
+                }
+                line.clear();
+            }
+        }
+        // The listener is dropped here: later connections are refused.
+    });
+    let b_smtp: SocketAddr = format!("127.0.0.1:{}", port()).parse().unwrap();
+    let a_smtp_port = port();
+    let b = operator_b(
+        b_smtp,
+        &format!("\"{sw_addr}\", \"127.0.0.1:{a_smtp_port}\""),
+        "xmm4 = false",
+    );
+    let dir = TempDir::new("rel-a");
+    let api = port();
+    let cfg = format!(
+        r#"
+[mmse]
+domain = "{DOMAIN}"
+local_prefixes = ["+1555"]
+[smtp]
+listen = ["127.0.0.1:{a_smtp_port}"]
+[api]
+listen = "127.0.0.1:{api}"
+[store]
+path = "{store}"
+[queue]
+ack_timeout = "2s"
+ack_resends = 3
+[[peer]]
+name = "operator-b"
+domains = ["{B_DOMAIN}"]
+prefixes = ["+49172"]
+hosts = ["{b_smtp}"]
+tls = "none"
+allow = ["127.0.0.1/32"]
+"#,
+        store = dir.0.join("data").display()
+    );
+    let smtp: SocketAddr = format!("127.0.0.1:{a_smtp_port}").parse().unwrap();
+    let a = Op {
+        relay: Relay::start(&dir.0, &cfg, smtp),
+        dir,
+        api: format!("http://127.0.0.1:{api}"),
+    };
+    let id = submit(&a, "+491721111111", false, false);
+    let v = wait_api(
+        &a.api,
+        &format!("/v1/messages/{id}"),
+        state_is("acknowledged"),
+    );
+    let details: Vec<&str> = v["recipients"][0]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["detail"].as_str().unwrap())
+        .collect();
+    assert!(
+        details.iter().any(|d| d.contains("re-send 1")),
+        "{details:#?}"
+    );
+    let (_, mbox) = http("GET", &b.api, "/v1/mailbox/+491721111111", None);
+    assert_eq!(
+        mbox.as_array().unwrap().len(),
+        1,
+        "one mailbox entry despite the re-send"
+    );
+}
+
+#[test]
+fn a_dsn_from_an_mta_fails_the_recipient_with_the_mapped_code() {
+    // B accepts but its RES can never reach A: A waits in "forwarded".
+    let b_smtp: SocketAddr = format!("127.0.0.1:{}", port()).parse().unwrap();
+    let _b = operator_b(b_smtp, "\"127.0.0.1:9\"", "xmm4 = false");
+    let a = operator_a(&format!("\"{b_smtp}\""), "");
+    let id = submit(&a, "+491721111111", false, false);
+    let v = wait_api(&a.api, &format!("/v1/messages/{id}"), state_is("forwarded"));
+    let (_, m) = http("GET", &a.api, &format!("/v1/messages/{id}"), None);
+    let tid = m["transaction_id"].as_str().unwrap().to_string();
+    let rcpt = "+491721111111/TYPE=PLMN@mms.mnc002.mcc262.gprs";
+    let _ = v;
+    // A DSN as Postfix writes them (the vector), for our transaction and recipient.
+    let dsn = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../mm4/tests/data/vectors/dsn/postfix-failed.eml"
+    ))
+    .unwrap()
+    .replace("A-20261125-000099", &tid)
+    .replace("+491790000000/TYPE=PLMN@mms.mnc007.mcc262.gprs", rcpt)
+    .replace(
+        "+2B491790000000/TYPE=PLMN@mms.mnc007.mcc262.gprs",
+        &format!("+2B{}", &rcpt[1..]),
+    );
+    let mut c = Client::connect(a.relay.smtp);
+    c.hello();
+    let r = c.transaction("", &["mm4-bounce@mms.mnc001.mcc001.gprs"], dsn.as_bytes());
+    assert!(r.starts_with("250"), "{r}");
+    let v = wait_api(&a.api, &format!("/v1/messages/{id}"), state_is("failed"));
+    assert_eq!(
+        v["recipients"][0]["status_code"],
+        "Error-sending-address-unresolved"
+    );
+    assert!(
+        v["recipients"][0]["status_text"]
+            .as_str()
+            .unwrap()
+            .contains("5.1.1"),
+        "{v:#}"
+    );
+}
+
+#[test]
+fn queue_control_and_metrics() {
+    // B is not there: the message waits; the operator retries, then gives up.
+    let a = operator_a("\"127.0.0.1:9\"", "");
+    let id = submit(&a, "+491721111111", true, false);
+    wait_api(&a.api, &format!("/v1/messages/{id}"), state_is("deferred"));
+    let (code, q) = http("GET", &a.api, "/v1/queue", None);
+    assert_eq!(code, 200);
+    assert_eq!(q["peers"]["operator-b"], 1, "{q:#}");
+    let (code, r) = http("POST", &a.api, &format!("/v1/queue/{id}/retry"), None);
+    assert_eq!((code, r["retried"].as_u64()), (200, Some(1)));
+    let (_, peers) = http("GET", &a.api, "/v1/peers", None);
+    assert!(
+        peers[0]["last_error"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("connect"),
+        "{peers:#}"
+    );
+    let (code, r) = http("DELETE", &a.api, &format!("/v1/queue/{id}"), None);
+    assert_eq!((code, r["failed"].as_u64()), (200, Some(1)));
+    let v = wait_api(&a.api, &format!("/v1/messages/{id}"), state_is("failed"));
+    assert!(v["recipients"][0]["status_text"]
+        .as_str()
+        .unwrap()
+        .contains("operator"));
+    let (code, _) = http("GET", &a.api, "/v1/queue", None);
+    assert_eq!(code, 200);
+    let addr = a.api.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    use std::io::{Read, Write};
+    s.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(
+        text.contains("mmsrelay_messages_out_total{peer=\"operator-b\",result=\"retry\"}"),
+        "{text}"
+    );
+    assert!(text.contains("mmsrelay_store_fsyncs"));
+    assert!(text.contains("mmsrelay_delivery_latency_seconds_bucket"));
+}
