@@ -95,6 +95,7 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
         wake: events_wake.clone(),
         outbound_wake: outbound.wake.clone(),
         system_address: cfg.mmse.system_address(),
+        lifetime: cfg.queue.lifetime.0,
     });
     let api = Arc::new(relay::api::Api {
         events: events.clone(),

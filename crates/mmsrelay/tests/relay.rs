@@ -510,3 +510,37 @@ fn queue_control_and_metrics() {
     assert!(text.contains("mmsrelay_store_fsyncs"));
     assert!(text.contains("mmsrelay_delivery_latency_seconds_bucket"));
 }
+
+#[test]
+fn an_unretrieved_mm_expires_with_a_report() {
+    let (a, b) = pair(true);
+    let body = json!({
+        "from": "+15550000001", "to": ["+491721111111", "+491722222222"], "delivery_report": true,
+        "expiry": "2s", "parts": [{"content_type": "text/plain", "text": "short-lived"}],
+    });
+    let (code, v) = http("POST", &a.api, "/v1/messages", Some(&body.to_string()));
+    assert_eq!(code, 202, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    // The second recipient retrieves it in time: no Expired report for that one.
+    let mbox = wait_api(&b.api, "/v1/mailbox/+491722222222", |v| {
+        v.as_array().is_some_and(|a| a.len() == 1)
+    });
+    let mid = mbox[0]["id"].as_str().unwrap();
+    let (code, _) = http(
+        "POST",
+        &b.api,
+        &format!("/v1/mailbox/+491722222222/{mid}/report"),
+        Some(r#"{"status":"Retrieved"}"#),
+    );
+    assert_eq!(code, 202);
+    let v = wait_api(&a.api, &format!("/v1/messages/{id}"), |v| {
+        v["recipients"][0]["state"] == "expired" && v["recipients"][1]["state"] == "delivered"
+    });
+    assert_eq!(v["recipients"][0]["status_code"], "Expired");
+    std::thread::sleep(Duration::from_millis(500));
+    let v = wait_api(&a.api, &format!("/v1/messages/{id}"), |_| true);
+    assert_eq!(
+        v["recipients"][1]["state"], "delivered",
+        "the cancelled Expired report never came"
+    );
+}

@@ -443,13 +443,20 @@ async fn post_report(
     pdu.originator_system = api.events.system_address.parse().ok();
     let tid = pdu.transaction_id.clone();
     let mt = pdu.message_type();
-    let ops = api.events.originate(pdu, &rcpt, None);
+    let mut ops = api.events.originate(pdu, &rcpt, None);
     if ops.is_empty() {
         return Err(ApiError(
             StatusCode::CONFLICT,
             "no_route",
             format!("no peer serves {rcpt}"),
         ));
+    }
+    if mt == mm4::MessageType::DeliveryReportReq {
+        let n = mailbox_key(&address)?;
+        ops.extend(
+            api.events
+                .cancel_expired_report(id.parse().unwrap_or_default(), &n),
+        );
     }
     api.store.commit(ops).await.map_err(internal)?;
     api.outbound.wake.notify_one();

@@ -33,6 +33,8 @@ pub struct Events {
     /// Woken when outbound work was queued.
     pub outbound_wake: Arc<Notify>,
     pub system_address: String,
+    /// Expiry of a received MM without X-Mms-Expiry (for the `Expired` report).
+    pub lifetime: Duration,
 }
 
 /// A fresh transaction id for PDUs we originate.
@@ -199,32 +201,131 @@ impl Events {
                 duplicates += 1;
             }
         }
+        let mut ops = Vec::new();
         if duplicates == 0 {
             self.cdr(RecordType::MMR4F, meta.peer.clone(), &pdu, None, body.len());
+            ops.extend(self.schedule_expired_reports(id, meta, &pdu, local));
         }
         if !owe_res {
-            return Vec::new();
+            return ops;
         }
         let Some(reply_to) = pdu
             .response_address()
             .map(ToString::to_string)
             .or_else(|| (!meta.mail_from.is_empty()).then(|| meta.mail_from.clone()))
         else {
-            return Vec::new();
+            return ops;
         };
         let text = if duplicates > 0 {
             "Duplicate: accepted before"
         } else {
             "Accepted for delivery"
         };
-        self.queue_res(
+        ops.extend(self.queue_res(
             MessageType::ForwardReq,
             &pdu.transaction_id,
             Some(mm_id),
             RequestStatus::Ok,
             text,
             &reply_to,
-        )
+        ));
+        ops
+    }
+
+    /// An MM that asked for delivery reports and stays unretrieved until it expires produces a
+    /// report `Expired`: prepared now, due at the expiry, cancelled by the subscriber's own
+    /// report (`cancel_expired_report`).
+    fn schedule_expired_reports(
+        &self,
+        id: MsgId,
+        meta: &StoredMessage,
+        pdu: &Pdu<'_>,
+        local: &[String],
+    ) -> Vec<Op> {
+        let Kind::ForwardReq(f) = &pdu.kind else {
+            return Vec::new();
+        };
+        if f.delivery_report != Some(true) {
+            return Vec::new();
+        }
+        let received =
+            time::OffsetDateTime::from_unix_timestamp_nanos(meta.received_at as i128 * 1_000_000)
+                .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
+        let expiry = f
+            .expiry
+            .map(|e| e.resolve(pdu.date.unwrap_or(received)))
+            .unwrap_or(received + self.lifetime);
+        let at = (expiry.unix_timestamp_nanos() / 1_000_000) as i64;
+        let (Some(sender), Some(origin)) = (
+            pdu.from.clone(),
+            pdu.response_address().and_then(|a| a.domain().cloned()),
+        ) else {
+            return Vec::new();
+        };
+        let mut ops = Vec::new();
+        for n in local {
+            let Ok(subscriber) = n.parse::<Address>() else {
+                continue;
+            };
+            let mut dr = Pdu::new(
+                new_tid("X"),
+                Kind::DeliveryReportReq(mm4::DeliveryReport {
+                    message_id: f.message_id.clone(),
+                    mm_status: MmStatus::Expired,
+                    mm_status_unknown: None,
+                    mm_status_extension: None,
+                    status_text: Some("not retrieved before expiry".into()),
+                    forward_to_originator_ua: Some(true),
+                    applic: Default::default(),
+                }),
+            );
+            dr.date = Some(expiry.replace_nanosecond(0).unwrap_or(expiry));
+            dr.from = Some(subscriber);
+            dr.to = vec![sender.without_domain()];
+            dr.ack_request = Some(true);
+            dr.originator_system = self.system_address.parse().ok();
+            let rcpt = sender.with_domain(origin.clone()).to_string();
+            let (dr_id, dr_ops) = self.originate_at(dr, &rcpt, None, Some(at));
+            if dr_ops.is_empty() {
+                continue;
+            }
+            ops.extend(dr_ops);
+            ops.push(Op::PutIndex {
+                key: format!("expdr:{id}:{n}"),
+                value: dr_id.to_string().into_bytes(),
+            });
+        }
+        ops
+    }
+
+    /// The subscriber reported on the MM: its pending `Expired` report is not sent.
+    pub fn cancel_expired_report(&self, id: MsgId, subscriber: &str) -> Vec<Op> {
+        let key = format!("expdr:{id}:{subscriber}");
+        let Some(dr_id) = self
+            .store
+            .index(&key)
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok()?.parse::<MsgId>().ok())
+        else {
+            return Vec::new();
+        };
+        let now = self.now();
+        let mut ops = self.update_recipients(
+            dr_id,
+            |st| st.state.is_pending(),
+            |st| {
+                st.due = None;
+                st.status_text = Some("superseded by the subscriber's report".into());
+                st.set(
+                    RcptState::Failed,
+                    now,
+                    "superseded by the subscriber's report",
+                );
+            },
+        );
+        ops.push(Op::DeleteIndex { key });
+        ops
     }
 
     /// Queues a `.RES` answering a REQ of type `req` to `reply_to` (the REQ's originator system).
@@ -272,8 +373,19 @@ impl Events {
 
     /// Stores a PDU we originate for delivery to `rcpt` (routed by its domain, or `peer`).
     pub fn originate(&self, pdu: Pdu<'_>, rcpt: &str, peer: Option<String>) -> Vec<Op> {
+        self.originate_at(pdu, rcpt, peer, None).1
+    }
+
+    /// [`Events::originate`], sent at `at` (unix ms) rather than now; returns the new message id.
+    pub fn originate_at(
+        &self,
+        pdu: Pdu<'_>,
+        rcpt: &str,
+        peer: Option<String>,
+        at: Option<i64>,
+    ) -> (MsgId, Vec<Op>) {
         let Ok(bytes) = mm4::emit(&pdu, &mm4::Profile::default()) else {
-            return Vec::new();
+            return (0, Vec::new());
         };
         let addr = rcpt.parse::<Address>().ok();
         let peer = peer.or_else(|| {
@@ -287,14 +399,15 @@ impl Events {
         });
         let Some(peer) = peer else {
             tracing::warn!(%rcpt, pdu = %pdu.message_type(), "no peer serves this address: not sent");
-            return Vec::new();
+            return (0, Vec::new());
         };
         let now = self.now();
         let id = self.store.next_id();
         let mut st =
             RecipientState::new(rcpt.to_string(), RcptState::Queued, Some(peer.clone()), now);
         st.tid = Some(pdu.transaction_id.clone());
-        st.due = Some(now.max(0) as u64);
+        let when = at.unwrap_or(now);
+        st.due = Some(when.max(0) as u64);
         let meta = StoredMessage {
             received_at: now,
             source: "relay".into(),
@@ -317,7 +430,7 @@ impl Events {
             xmm4_sync: false,
             tls: false,
             envid: None,
-            expires_at: Some(now + 86_400_000),
+            expires_at: Some(when + 86_400_000),
             originated: true,
             from: pdu.from.as_ref().map(ToString::to_string),
             subject: None,
@@ -343,7 +456,7 @@ impl Events {
                 value: id.to_string().into_bytes(),
             });
         }
-        ops
+        (id, ops)
     }
 
     /// Our message a RES or report is about: by transaction id (quoted or not), else MM id.
