@@ -544,3 +544,83 @@ fn an_unretrieved_mm_expires_with_a_report() {
         "the cancelled Expired report never came"
     );
 }
+
+#[test]
+fn capability_exchange_with_an_mmsrelay_and_with_a_peer_that_does_not_know_it() {
+    let b_smtp: SocketAddr = format!("127.0.0.1:{}", port()).parse().unwrap();
+    let a_smtp_port = port();
+    let b = operator_b(b_smtp, &format!("\"127.0.0.1:{a_smtp_port}\""), "");
+    let (hole, taken) = blackhole();
+    let dir = TempDir::new("rel-a");
+    let api = port();
+    let cfg = format!(
+        r#"
+[mmse]
+domain = "{DOMAIN}"
+local_prefixes = ["+1555"]
+[smtp]
+listen = ["127.0.0.1:{a_smtp_port}"]
+[api]
+listen = "127.0.0.1:{api}"
+[store]
+path = "{store}"
+[[peer]]
+name = "operator-b"
+domains = ["{B_DOMAIN}"]
+prefixes = ["+49172"]
+hosts = ["{b_smtp}"]
+tls = "none"
+allow = ["127.0.0.1/32"]
+capabilities = "exchange"
+[[peer]]
+name = "operator-c"
+domains = ["mms.mnc007.mcc262.gprs"]
+prefixes = ["+49179"]
+hosts = ["{hole}"]
+tls = "none"
+capabilities = "exchange"
+max_message_size = 307200
+"#,
+        store = dir.0.join("data").display()
+    );
+    let smtp: SocketAddr = format!("127.0.0.1:{a_smtp_port}").parse().unwrap();
+    let a = Op {
+        relay: Relay::start(&dir.0, &cfg, smtp),
+        dir,
+        api: format!("http://127.0.0.1:{api}"),
+    };
+    // B (an mmsrelay) answers the exchange.
+    let peers = wait_api(&a.api, "/v1/peers", |v| {
+        v[0]["exchanged"]["versions"].is_array()
+    });
+    assert_eq!(peers[0]["exchanged"]["status"], "Ok");
+    assert!(peers[0]["exchanged"]["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v == "6.16.0"));
+    assert!(peers[0]["exchanged"]["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v == "delivery"));
+    // C knows nothing of it: it takes the REQ and never answers; traffic is not held up and the
+    // static profile rules.
+    let id = submit(&a, "+491791111111", false, false);
+    wait_api(&a.api, &format!("/v1/messages/{id}"), state_is("forwarded"));
+    assert!(
+        taken.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "the exchange REQ and the forward"
+    );
+    let (_, peers) = http("GET", &a.api, "/v1/peers", None);
+    assert!(peers[1]["exchanged"].is_null(), "{:#}", peers[1]);
+    assert_eq!(peers[1]["effective"]["max_message_size"]["value"], 307200);
+    assert_eq!(
+        peers[1]["effective"]["max_message_size"]["source"],
+        "static"
+    );
+    // Passive learning on B's side: the exchange REQ showed A's version.
+    let (_, b_peers) = http("GET", &b.api, "/v1/peers", None);
+    assert_eq!(b_peers[0]["learned"]["version"], "6.16.0", "{b_peers:#}");
+    assert_eq!(b_peers[0]["effective"]["mms_version"]["source"], "learned");
+}

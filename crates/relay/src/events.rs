@@ -37,6 +37,9 @@ pub struct Events {
     pub lifetime: Duration,
 }
 
+/// How long an exchanged capability record is trusted before it is refreshed.
+pub const CAPABILITY_TTL: Duration = Duration::from_secs(24 * 3600);
+
 /// A fresh transaction id for PDUs we originate.
 pub fn new_tid(tag: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,11 +89,74 @@ impl Events {
         });
     }
 
+    /// Active capability exchange (EXTENSIONS §2): a `MM4_capability_negotiation.REQ` to each
+    /// `capabilities = "exchange"` peer whose record is missing or older than the TTL. Sent like
+    /// any PDU, so it never holds up traffic; a peer that does not know it simply never answers
+    /// (or answers with an error) and its static profile rules.
+    fn exchange_capabilities(&self) -> Vec<Op> {
+        let now = self.now();
+        let ttl = CAPABILITY_TTL.as_millis() as i64;
+        let mut ops = Vec::new();
+        for p in &self.dir.peers {
+            if p.cfg.capabilities != crate::config::CapabilityMode::Exchange {
+                continue;
+            }
+            let Some(domain) = p.domains.first() else {
+                continue;
+            };
+            let fresh = |key: String| {
+                self.store
+                    .capability(&key)
+                    .ok()
+                    .flatten()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .and_then(|v| v["at"].as_i64())
+                    .is_some_and(|at| now - at < ttl)
+            };
+            if fresh(format!("exchange:{domain}")) || fresh(format!("exchange-sent:{domain}")) {
+                continue;
+            }
+            let to = p
+                .cfg
+                .system_address
+                .clone()
+                .unwrap_or_else(|| format!("system-user@{domain}"));
+            let mut req = Pdu::new(new_tid("C"), Kind::CapabilityReq(our_capabilities()));
+            req.date = Some(
+                time::OffsetDateTime::now_utc()
+                    .replace_nanosecond(0)
+                    .unwrap_or_else(|_| time::OffsetDateTime::now_utc()),
+            );
+            req.from = self.system_address.parse().ok();
+            req.sender = self.system_address.parse().ok();
+            req.to = to.parse().ok().into_iter().collect();
+            req.ack_request = Some(true);
+            req.originator_system = self.system_address.parse().ok();
+            ops.extend(self.originate(req, &to, Some(p.cfg.name.clone())));
+            ops.push(Op::PutCapability {
+                peer: format!("exchange-sent:{domain}"),
+                record: serde_json::json!({"at": now}).to_string().into_bytes(),
+            });
+        }
+        ops
+    }
+
     /// Processes stored events until `shutdown`.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut next_exchange = 0i64;
         loop {
             if *shutdown.borrow() {
                 return;
+            }
+            if self.now() >= next_exchange {
+                next_exchange = self.now() + 60_000;
+                let ops = self.exchange_capabilities();
+                if !ops.is_empty() {
+                    if let Err(e) = self.store.commit(ops).await {
+                        tracing::error!(error = %e, "capability exchange not queued");
+                    }
+                    self.outbound_wake.notify_one();
+                }
             }
             match self.store.events(200) {
                 Ok(evs) if !evs.is_empty() => {

@@ -403,3 +403,46 @@ pub fn wait_api(
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// An SMTP server that accepts every mail and keeps nothing (a peer that knows no MM4
+/// extensions); counts the messages it took.
+pub fn blackhole() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                let _ = w.write_all(b"220 blackhole ESMTP\r\n");
+                let mut in_data = false;
+                let mut line = String::new();
+                while r.read_line(&mut line).unwrap_or(0) > 0 {
+                    if in_data {
+                        if line == ".\r\n" {
+                            c.fetch_add(1, Ordering::SeqCst);
+                            let _ = w.write_all(b"250 2.0.0 taken\r\n");
+                            in_data = false;
+                        }
+                    } else if line.starts_with("DATA") {
+                        let _ = w.write_all(b"354 go\r\n");
+                        in_data = true;
+                    } else if line.starts_with("EHLO") {
+                        let _ = w.write_all(b"250-blackhole\r\n250 PIPELINING\r\n");
+                    } else if line.starts_with("QUIT") {
+                        let _ = w.write_all(b"221 bye\r\n");
+                        break;
+                    } else {
+                        let _ = w.write_all(b"250 2.0.0 ok\r\n");
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    (addr, count)
+}
