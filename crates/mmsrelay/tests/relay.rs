@@ -24,8 +24,12 @@ fn port() -> u16 {
     free_port("127.0.0.1")
 }
 
-/// A: +1555, sends to B (+49172) at `b_hosts`. B: +49172, RES to A at `a_hosts`.
+/// A: +1555, sends to B (+49172, or `prefix`) at `b_hosts`. B: +49172, RES to A at `a_hosts`.
 fn operator_a(b_hosts: &str, extra: &str) -> Op {
+    operator_a_with(b_hosts, extra, "+49172", "")
+}
+
+fn operator_a_with(b_hosts: &str, extra: &str, prefix: &str, api_extra: &str) -> Op {
     let dir = TempDir::new("rel-a");
     let smtp: SocketAddr = format!("127.0.0.1:{}", port()).parse().unwrap();
     let api = port();
@@ -38,6 +42,7 @@ local_prefixes = ["+1555"]
 listen = ["{smtp}"]
 [api]
 listen = "127.0.0.1:{api}"
+{api_extra}
 [store]
 path = "{store}"
 [queue]
@@ -47,7 +52,7 @@ retry_max = "1s"
 [[peer]]
 name = "operator-b"
 domains = ["{B_DOMAIN}"]
-prefixes = ["+49172"]
+prefixes = ["{prefix}"]
 hosts = [{b_hosts}]
 tls = "none"
 allow = ["127.0.0.1/32"]
@@ -623,4 +628,78 @@ max_message_size = 307200
     let (_, b_peers) = http("GET", &b.api, "/v1/peers", None);
     assert_eq!(b_peers[0]["learned"]["version"], "6.16.0", "{b_peers:#}");
     assert_eq!(b_peers[0]["effective"]["mms_version"]["source"], "learned");
+}
+
+#[test]
+fn bearer_token_guards_the_api() {
+    let a = operator_a_with("\"127.0.0.1:9\"", "", "+49172", "token = \"s3cret\"");
+    let (code, v) = http("GET", &a.api, "/v1/queue", None);
+    assert_eq!(code, 401);
+    assert_eq!(v["error"]["code"], "unauthorized");
+    let addr = a.api.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    use std::io::{Read, Write};
+    s.write_all(format!("GET /v1/queue HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    // Liveness needs no token.
+    let (code, _) = http("GET", &a.api, "/healthz", None);
+    assert_eq!(code, 200);
+}
+
+#[test]
+fn a_number_the_peer_does_not_serve_fails_unresolved() {
+    // A routes all of +4917 to B; B serves only +49172.
+    let b_smtp: SocketAddr = format!("127.0.0.1:{}", port()).parse().unwrap();
+    let _b = operator_b(b_smtp, "\"127.0.0.1:9\"", "");
+    let a = operator_a_with(&format!("\"{b_smtp}\""), "", "+4917", "");
+    let id = submit(&a, "+491791111111", false, false);
+    let v = wait_api(&a.api, &format!("/v1/messages/{id}"), state_is("failed"));
+    assert_eq!(
+        v["recipients"][0]["status_code"],
+        "Error-sending-address-unresolved"
+    );
+    assert!(
+        v["recipients"][0]["status_text"]
+            .as_str()
+            .unwrap()
+            .contains("[MM4 Error-sending-address-unresolved]"),
+        "{v:#}"
+    );
+}
+
+#[test]
+fn a_plain_bounce_is_correlated_through_the_returned_headers() {
+    let b_smtp: SocketAddr = format!("127.0.0.1:{}", port()).parse().unwrap();
+    let _b = operator_b(b_smtp, "\"127.0.0.1:9\"", "xmm4 = false");
+    let a = operator_a(&format!("\"{b_smtp}\""), "");
+    let id = submit(&a, "+491721111111", false, false);
+    wait_api(&a.api, &format!("/v1/messages/{id}"), state_is("forwarded"));
+    let (_, m) = http("GET", &a.api, &format!("/v1/messages/{id}"), None);
+    let tid = m["transaction_id"].as_str().unwrap();
+    let bounce = format!(
+        "From: MAILER-DAEMON@old.mta\r\nTo: mm4-bounce@mms.mnc001.mcc001.gprs\r\nSubject: failure notice\r\n\r\n\
+Hi. This is the mail program. Sorry, your message could not be delivered.\r\n\
+<+491721111111/TYPE=PLMN@mms.mnc002.mcc262.gprs>: 550 mailbox unavailable\r\n\r\n\
+--- Below this line is a copy of the message.\r\n\r\nX-Mms-Transaction-ID: \"{tid}\"\r\nX-Mms-Message-Type: MM4_forward.REQ\r\n"
+    );
+    let mut c = Client::connect(a.relay.smtp);
+    c.hello();
+    let r = c.transaction(
+        "",
+        &["mm4-bounce@mms.mnc001.mcc001.gprs"],
+        bounce.as_bytes(),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    let v = wait_api(&a.api, &format!("/v1/messages/{id}"), state_is("failed"));
+    assert_eq!(v["recipients"][0]["status_code"], "Error-unspecified");
+    assert!(
+        v["recipients"][0]["status_text"]
+            .as_str()
+            .unwrap()
+            .contains("550 mailbox unavailable"),
+        "{v:#}"
+    );
 }

@@ -230,13 +230,7 @@ impl Events {
                 }
             },
             Event::Dsn => self.dsn(&body),
-            Event::Bounce => {
-                tracing::warn!(
-                    id,
-                    "non-RFC-3464 bounce kept; no recipient status in it to act on"
-                );
-                Vec::new()
-            }
+            Event::Bounce => self.plain_bounce(id, &body),
         }
     }
 
@@ -780,6 +774,67 @@ impl Events {
             status,
             text,
             &to,
+        )
+    }
+
+    /// A bounce that is not RFC 3464: when the returned headers name one of our transactions,
+    /// its recipients that still wait fail (`Error-unspecified`, the bounce text as evidence);
+    /// otherwise it is only logged.
+    fn plain_bounce(&self, id: MsgId, body: &[u8]) -> Vec<Op> {
+        let text = String::from_utf8_lossy(body);
+        let tid = text.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("X-Mms-Transaction-ID")
+                .then(|| mm4::parse::unquote(value).to_string())
+        });
+        let Some(ours) = tid.as_deref().and_then(|t| self.correlate(Some(t), None)) else {
+            tracing::warn!(
+                id,
+                "non-RFC-3464 bounce without a known transaction: logged only"
+            );
+            return Vec::new();
+        };
+        let tid = tid.unwrap_or_default();
+        let now = self.now();
+        // The reason: the first line of the bounce text (after its own header) with an SMTP
+        // error code, else one that says it failed.
+        let notice = text
+            .split_once("\r\n\r\n")
+            .or_else(|| text.split_once("\n\n"))
+            .map_or(&*text, |(_, b)| b);
+        let has_code = |l: &str| {
+            l.split(|c: char| !c.is_ascii_digit())
+                .any(|w| w.len() == 3 && (w.starts_with('5') || w.starts_with('4')))
+        };
+        let first_line = notice
+            .lines()
+            .find(|l| has_code(l))
+            .or_else(|| {
+                notice
+                    .lines()
+                    .find(|l| l.to_ascii_lowercase().contains("fail"))
+            })
+            .unwrap_or("non-standard bounce")
+            .chars()
+            .take(200)
+            .collect::<String>();
+        let evidence = format!("bounce: {first_line}");
+        self.update_recipients(
+            ours,
+            |st| {
+                st.tid.as_deref() == Some(tid.as_str())
+                    && matches!(
+                        st.state,
+                        RcptState::Forwarded | RcptState::Queued | RcptState::Deferred
+                    )
+            },
+            |st| {
+                st.status_code = Some(RequestStatus::ErrorUnspecified.as_str().into());
+                st.status_text = Some(evidence.clone());
+                st.due = None;
+                st.set(RcptState::Failed, now, evidence.clone());
+            },
         )
     }
 

@@ -780,12 +780,29 @@ impl Outbound {
         if !peer.cfg.ack_request {
             pdu.ack_request = None;
         }
+        // The version: configured (bilateral agreement), else what the peer was seen or said
+        // to speak (capability records), else the default.
+        let learned = || -> Option<mm4::Version> {
+            let d = peer.domains.first()?;
+            ["exchange", "seen"].iter().find_map(|k| {
+                let b = self.store.capability(&format!("{k}:{d}")).ok()??;
+                let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
+                let text = v["version"]
+                    .as_str()
+                    .map(str::to_string)
+                    .or_else(|| v["versions"][0].as_str().map(str::to_string))?;
+                text.parse::<mm4::Version>()
+                    .ok()
+                    .filter(|v| v.is_supported())
+            })
+        };
         let profile = mm4::Profile {
             version: peer
                 .cfg
                 .mms_version
                 .as_deref()
                 .and_then(|v| v.parse().ok())
+                .or_else(learned)
                 .or(Some(mm4::Version::V6_16_0)),
             ..mm4::Profile::default()
         };
