@@ -143,6 +143,14 @@ fn load_config(path: Option<PathBuf>) -> Result<relay::config::Config, ExitCode>
     })
 }
 
+/// The tokio runtime, or the exit code that says why there is none.
+fn runtime(cmd: &str) -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Runtime::new().map_err(|e| {
+        eprintln!("mmsrelay {cmd}: cannot start the runtime: {e}");
+        ExitCode::from(EXIT_RUNTIME)
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -152,12 +160,9 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             init_logging(log_format);
-            let rt = match tokio::runtime::Runtime::new() {
+            let rt = match runtime("serve") {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("mmsrelay: cannot start the runtime: {e}");
-                    return ExitCode::from(EXIT_RUNTIME);
-                }
+                Err(code) => return code,
             };
             match rt.block_on(serve::run(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -198,12 +203,9 @@ fn main() -> ExitCode {
             }
         },
         Command::Probe { target } => {
-            let rt = match tokio::runtime::Runtime::new() {
+            let rt = match runtime("probe") {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("mmsrelay probe: {e}");
-                    return ExitCode::from(EXIT_RUNTIME);
-                }
+                Err(code) => return code,
             };
             match rt.block_on(probe::probe(&target)) {
                 Ok(text) => {

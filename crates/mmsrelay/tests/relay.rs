@@ -30,25 +30,53 @@ fn operator_a(b_hosts: &str, extra: &str) -> Op {
 }
 
 fn operator_a_with(b_hosts: &str, extra: &str, prefix: &str, api_extra: &str) -> Op {
+    start_a(
+        port(),
+        ASpec {
+            b_hosts,
+            prefix,
+            queue: &format!("retry_initial = \"1s\"\nretry_max = \"1s\"\n{extra}"),
+            api: api_extra,
+            ..ASpec::default()
+        },
+    )
+}
+
+/// Operator A's configuration beyond the fixed part: peer B's hosts and prefix, and lines for
+/// `[queue]`, `[api]`, peer B's table, and after everything (more peers).
+#[derive(Default)]
+struct ASpec<'a> {
+    b_hosts: &'a str,
+    prefix: &'a str,
+    queue: &'a str,
+    api: &'a str,
+    b: &'a str,
+    more: &'a str,
+}
+
+/// Operator A (+1555) on `smtp_port`.
+fn start_a(smtp_port: u16, spec: ASpec<'_>) -> Op {
     let dir = TempDir::new("rel-a");
-    let smtp: SocketAddr = format!("127.0.0.1:{}", port()).parse().unwrap();
     let api = port();
+    let prefix = if spec.prefix.is_empty() {
+        "+49172"
+    } else {
+        spec.prefix
+    };
     let cfg = format!(
         r#"
 [mmse]
 domain = "{DOMAIN}"
 local_prefixes = ["+1555"]
 [smtp]
-listen = ["{smtp}"]
+listen = ["127.0.0.1:{smtp_port}"]
 [api]
 listen = "127.0.0.1:{api}"
 {api_extra}
 [store]
 path = "{store}"
 [queue]
-retry_initial = "1s"
-retry_max = "1s"
-{extra}
+{queue}
 [[peer]]
 name = "operator-b"
 domains = ["{B_DOMAIN}"]
@@ -56,9 +84,17 @@ prefixes = ["{prefix}"]
 hosts = [{b_hosts}]
 tls = "none"
 allow = ["127.0.0.1/32"]
+{b}
+{more}
 "#,
+        api_extra = spec.api,
+        queue = spec.queue,
+        b_hosts = spec.b_hosts,
+        b = spec.b,
+        more = spec.more,
         store = dir.0.join("data").display()
     );
+    let smtp: SocketAddr = format!("127.0.0.1:{smtp_port}").parse().unwrap();
     let relay = Relay::start(&dir.0, &cfg, smtp);
     Op {
         dir,
@@ -139,36 +175,13 @@ fn pair(xmm4: bool) -> (Op, Op) {
         if xmm4 { "" } else { "xmm4 = false" },
     );
     // A on the port B sends its RES to.
-    let dir = TempDir::new("rel-a");
-    let api = port();
-    let cfg = format!(
-        r#"
-[mmse]
-domain = "{DOMAIN}"
-local_prefixes = ["+1555"]
-[smtp]
-listen = ["127.0.0.1:{a_smtp_port}"]
-[api]
-listen = "127.0.0.1:{api}"
-[store]
-path = "{store}"
-[[peer]]
-name = "operator-b"
-domains = ["{B_DOMAIN}"]
-prefixes = ["+49172"]
-hosts = ["{b_smtp}"]
-tls = "none"
-allow = ["127.0.0.1/32"]
-"#,
-        store = dir.0.join("data").display()
+    let a = start_a(
+        a_smtp_port,
+        ASpec {
+            b_hosts: &format!("\"{b_smtp}\""),
+            ..ASpec::default()
+        },
     );
-    let smtp: SocketAddr = format!("127.0.0.1:{a_smtp_port}").parse().unwrap();
-    let relay = Relay::start(&dir.0, &cfg, smtp);
-    let a = Op {
-        dir,
-        relay,
-        api: format!("http://127.0.0.1:{api}"),
-    };
     (a, b)
 }
 
@@ -373,38 +386,14 @@ fn a_lost_res_means_the_same_req_again_then_acknowledged_once() {
         &format!("\"{sw_addr}\", \"127.0.0.1:{a_smtp_port}\""),
         "xmm4 = false",
     );
-    let dir = TempDir::new("rel-a");
-    let api = port();
-    let cfg = format!(
-        r#"
-[mmse]
-domain = "{DOMAIN}"
-local_prefixes = ["+1555"]
-[smtp]
-listen = ["127.0.0.1:{a_smtp_port}"]
-[api]
-listen = "127.0.0.1:{api}"
-[store]
-path = "{store}"
-[queue]
-ack_timeout = "2s"
-ack_resends = 3
-[[peer]]
-name = "operator-b"
-domains = ["{B_DOMAIN}"]
-prefixes = ["+49172"]
-hosts = ["{b_smtp}"]
-tls = "none"
-allow = ["127.0.0.1/32"]
-"#,
-        store = dir.0.join("data").display()
+    let a = start_a(
+        a_smtp_port,
+        ASpec {
+            b_hosts: &format!("\"{b_smtp}\""),
+            queue: "ack_timeout = \"2s\"\nack_resends = 3",
+            ..ASpec::default()
+        },
     );
-    let smtp: SocketAddr = format!("127.0.0.1:{a_smtp_port}").parse().unwrap();
-    let a = Op {
-        relay: Relay::start(&dir.0, &cfg, smtp),
-        dir,
-        api: format!("http://127.0.0.1:{api}"),
-    };
     let id = submit(&a, "+491721111111", false, false);
     let v = wait_api(
         &a.api,
@@ -556,44 +545,19 @@ fn capability_exchange_with_an_mmsrelay_and_with_a_peer_that_does_not_know_it() 
     let a_smtp_port = port();
     let b = operator_b(b_smtp, &format!("\"127.0.0.1:{a_smtp_port}\""), "");
     let (hole, taken) = blackhole();
-    let dir = TempDir::new("rel-a");
-    let api = port();
-    let cfg = format!(
-        r#"
-[mmse]
-domain = "{DOMAIN}"
-local_prefixes = ["+1555"]
-[smtp]
-listen = ["127.0.0.1:{a_smtp_port}"]
-[api]
-listen = "127.0.0.1:{api}"
-[store]
-path = "{store}"
-[[peer]]
-name = "operator-b"
-domains = ["{B_DOMAIN}"]
-prefixes = ["+49172"]
-hosts = ["{b_smtp}"]
-tls = "none"
-allow = ["127.0.0.1/32"]
-capabilities = "exchange"
-[[peer]]
-name = "operator-c"
-domains = ["mms.mnc007.mcc262.gprs"]
-prefixes = ["+49179"]
-hosts = ["{hole}"]
-tls = "none"
-capabilities = "exchange"
-max_message_size = 307200
-"#,
-        store = dir.0.join("data").display()
+    let peer_c = format!(
+        "[[peer]]\nname = \"operator-c\"\ndomains = [\"mms.mnc007.mcc262.gprs\"]\nprefixes = [\"+49179\"]\n\
+hosts = [\"{hole}\"]\ntls = \"none\"\ncapabilities = \"exchange\"\nmax_message_size = 307200\n"
     );
-    let smtp: SocketAddr = format!("127.0.0.1:{a_smtp_port}").parse().unwrap();
-    let a = Op {
-        relay: Relay::start(&dir.0, &cfg, smtp),
-        dir,
-        api: format!("http://127.0.0.1:{api}"),
-    };
+    let a = start_a(
+        a_smtp_port,
+        ASpec {
+            b_hosts: &format!("\"{b_smtp}\""),
+            b: "capabilities = \"exchange\"",
+            more: &peer_c,
+            ..ASpec::default()
+        },
+    );
     // B (an mmsrelay) answers the exchange.
     let peers = wait_api(&a.api, "/v1/peers", |v| {
         v[0]["exchanged"]["versions"].is_array()

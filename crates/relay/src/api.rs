@@ -57,15 +57,7 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     )
 }
 
-fn rfc3339(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
+use crate::cdr::now_rfc3339 as rfc3339;
 
 impl Api {
     fn check_auth(&self, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -572,23 +564,18 @@ fn pending(api: &Api, id: MsgId) -> Result<Vec<(u32, RecipientState)>, ApiError>
         .collect())
 }
 
-async fn retry_queue(
-    State(api): State<Arc<Api>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    api.check_auth(&headers)?;
-    let id = api.find(&id)?.ok_or_else(|| not_found("message"))?;
+/// Applies `change` to every pending recipient of a queued message; how many there were.
+async fn change_pending(
+    api: &Api,
+    key: &str,
+    change: impl Fn(&mut RecipientState, i64),
+) -> Result<(MsgId, usize), ApiError> {
+    let id = api.find(key)?.ok_or_else(|| not_found("message"))?;
     let now = api.clock.now_ms();
     let mut ops = Vec::new();
-    for (idx, mut st) in pending(&api, id)? {
+    for (idx, mut st) in pending(api, id)? {
         let old = st.due;
-        st.due = Some(now.max(0) as u64);
-        st.events.push(crate::records::TimelineEvent {
-            at: now,
-            event: "retry".into(),
-            detail: "retry requested through the API".into(),
-        });
+        change(&mut st, now);
         ops.push(store::Op::SetRecipient {
             id,
             idx,
@@ -599,6 +586,24 @@ async fn retry_queue(
     }
     let n = ops.len();
     api.store.commit(ops).await.map_err(internal)?;
+    Ok((id, n))
+}
+
+async fn retry_queue(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    api.check_auth(&headers)?;
+    let (id, n) = change_pending(&api, &key, |st, now| {
+        st.due = Some(now.max(0) as u64);
+        st.events.push(crate::records::TimelineEvent {
+            at: now,
+            event: "retry".into(),
+            detail: "retry requested through the API".into(),
+        });
+    })
+    .await?;
     api.outbound.wake.notify_one();
     Ok(Json(json!({"id": id.to_string(), "retried": n})))
 }
@@ -606,32 +611,17 @@ async fn retry_queue(
 async fn delete_queue(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path(key): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     api.check_auth(&headers)?;
-    let id = api.find(&id)?.ok_or_else(|| not_found("message"))?;
-    let now = api.clock.now_ms();
-    let mut ops = Vec::new();
-    for (idx, mut st) in pending(&api, id)? {
-        let old = st.due;
+    let (id, n) = change_pending(&api, &key, |st, now| {
+        let why = "deleted from the queue by the operator";
         st.status_code = Some(mm4::RequestStatus::ErrorUnspecified.as_str().into());
-        st.status_text = Some("deleted from the queue by the operator".into());
-        st.set(
-            crate::records::RcptState::Failed,
-            now,
-            "deleted from the queue by the operator",
-        );
+        st.status_text = Some(why.into());
+        st.set(crate::records::RcptState::Failed, now, why);
         st.due = None;
-        ops.push(store::Op::SetRecipient {
-            id,
-            idx,
-            due: None,
-            state: crate::records::to_bytes(&st),
-            old_due: old,
-        });
-    }
-    let n = ops.len();
-    api.store.commit(ops).await.map_err(internal)?;
+    })
+    .await?;
     Ok(Json(json!({"id": id.to_string(), "failed": n})))
 }
 

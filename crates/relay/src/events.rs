@@ -632,24 +632,13 @@ impl Events {
                 ops.extend(self.answer_report(pdu, MessageType::ReadReplyReq, ops.is_empty()));
                 ops
             }
-            Kind::DeliveryReportRes(r) => {
-                self.cdr(
-                    RecordType::MMR4DRs,
-                    peer,
-                    pdu,
-                    Some(r.status.as_str().into()),
-                    size,
-                );
-                Vec::new()
-            }
-            Kind::ReadReplyRes(r) => {
-                self.cdr(
-                    RecordType::MMR4RRs,
-                    peer,
-                    pdu,
-                    Some(r.status.as_str().into()),
-                    size,
-                );
+            Kind::DeliveryReportRes(r) | Kind::ReadReplyRes(r) => {
+                let t = if matches!(pdu.kind, Kind::DeliveryReportRes(_)) {
+                    RecordType::MMR4DRs
+                } else {
+                    RecordType::MMR4RRs
+                };
+                self.cdr(t, peer, pdu, Some(r.status.as_str().into()), size);
                 Vec::new()
             }
             Kind::CapabilityReq(_) => {

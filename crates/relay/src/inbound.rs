@@ -213,18 +213,19 @@ impl Inbound {
         rec.originator_system = pdu.response_address().map(ToString::to_string);
 
         let sync = msg.mail_from.xmm4_sync;
+        // With XMM4 SYNC the MM-level verdict is the reply (EXTENSIONS §1).
+        let reply = if sync {
+            mm4_reply(
+                250,
+                (2, 0, 0),
+                RequestStatus::Ok,
+                &format!("\"{}\" accepted", pdu.transaction_id),
+            )
+        } else {
+            queued()
+        };
         let Kind::ForwardReq(_) = &pdu.kind else {
             // RES, reports, capability PDUs: stored for the relay to act on.
-            let reply = if sync {
-                mm4_reply(
-                    250,
-                    (2, 0, 0),
-                    RequestStatus::Ok,
-                    &format!("\"{}\" accepted", pdu.transaction_id),
-                )
-            } else {
-                queued()
-            };
             let event = Event::Pdu {
                 message_type: mt.as_str().to_string(),
             };
@@ -285,16 +286,6 @@ impl Inbound {
             let at = expiry.unwrap_or(now + self.lifetime);
             rec.expires_at = Some((at.unix_timestamp_nanos() / 1_000_000) as i64);
         }
-        let reply = if sync {
-            mm4_reply(
-                250,
-                (2, 0, 0),
-                RequestStatus::Ok,
-                &format!("\"{}\" accepted", pdu.transaction_id),
-            )
-        } else {
-            queued()
-        };
         let event = Event::ForwardReceived {
             ack_request: pdu.ack_requested(),
             res_in_reply: sync,
