@@ -49,6 +49,8 @@ max_message_size = 10485760
 max_connections_per_source = 1000
 [api]
 listen = "127.0.0.1:$bapi"
+[dns]
+servers = ["127.0.0.1:9"]
 [store]
 path = "$WORK/$tag-b-data"
 [[peer]]

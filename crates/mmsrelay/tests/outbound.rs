@@ -47,6 +47,8 @@ listen = ["{smtp}"]
 {tls_lines}
 [api]
 listen = "127.0.0.1:{api}"
+[dns]
+servers = ["127.0.0.1:9"]
 [store]
 path = "{store}"
 [[peer]]
@@ -78,6 +80,8 @@ local_prefixes = ["+1555"]
 listen = ["{a_smtp}"]
 [api]
 listen = "127.0.0.1:{a_api_port}"
+[dns]
+servers = ["127.0.0.1:9"]
 [store]
 path = "{store}"
 [queue]

@@ -73,6 +73,8 @@ listen = ["127.0.0.1:{smtp_port}"]
 [api]
 listen = "127.0.0.1:{api}"
 {api_extra}
+[dns]
+servers = ["127.0.0.1:9"]
 [store]
 path = "{store}"
 [queue]
@@ -116,6 +118,8 @@ listen = ["{smtp}"]
 {smtp_extra}
 [api]
 listen = "127.0.0.1:{api}"
+[dns]
+servers = ["127.0.0.1:9"]
 [store]
 path = "{store}"
 [queue]

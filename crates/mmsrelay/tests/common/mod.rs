@@ -65,6 +65,8 @@ listen = ["{smtp}"]
 [api]
 listen = "127.0.0.1:{api}"
 
+[dns]
+servers = ["127.0.0.1:9"]
 [store]
 path = "{store}"
 
