@@ -120,6 +120,7 @@ max_connections_per_source = 1000
 listen = "127.0.0.1:$3"
 [dns]
 servers = ["127.0.0.1:9"]
+enum_suffixes = []
 [store]
 path = "$4"
 $5

@@ -51,6 +51,7 @@ max_connections_per_source = 1000
 listen = "127.0.0.1:$bapi"
 [dns]
 servers = ["127.0.0.1:9"]
+enum_suffixes = []
 [store]
 path = "$WORK/$tag-b-data"
 [[peer]]

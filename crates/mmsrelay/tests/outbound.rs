@@ -49,6 +49,7 @@ listen = ["{smtp}"]
 listen = "127.0.0.1:{api}"
 [dns]
 servers = ["127.0.0.1:9"]
+enum_suffixes = []
 [store]
 path = "{store}"
 [[peer]]
@@ -82,6 +83,7 @@ listen = ["{a_smtp}"]
 listen = "127.0.0.1:{a_api_port}"
 [dns]
 servers = ["127.0.0.1:9"]
+enum_suffixes = []
 [store]
 path = "{store}"
 [queue]

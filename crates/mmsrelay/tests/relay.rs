@@ -75,6 +75,7 @@ listen = "127.0.0.1:{api}"
 {api_extra}
 [dns]
 servers = ["127.0.0.1:9"]
+enum_suffixes = []
 [store]
 path = "{store}"
 [queue]
@@ -120,6 +121,7 @@ listen = ["{smtp}"]
 listen = "127.0.0.1:{api}"
 [dns]
 servers = ["127.0.0.1:9"]
+enum_suffixes = []
 [store]
 path = "{store}"
 [queue]

@@ -67,6 +67,7 @@ listen = "127.0.0.1:{api}"
 
 [dns]
 servers = ["127.0.0.1:9"]
+enum_suffixes = []
 [store]
 path = "{store}"
 
