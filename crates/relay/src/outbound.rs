@@ -268,6 +268,8 @@ struct Group {
     id: MsgId,
     peer: Option<String>,
     idxs: Vec<(u32, RecipientState)>,
+    /// The stored bytes of each recipient when the delivery began (for compare-and-set).
+    seen: HashMap<u32, Vec<u8>>,
 }
 
 impl Outbound {
@@ -376,6 +378,7 @@ impl Outbound {
         }
         for (id, idxs) in by_msg {
             let mut groups: HashMap<Option<String>, Vec<(u32, RecipientState)>> = HashMap::new();
+            let mut seen: HashMap<u32, Vec<u8>> = HashMap::new();
             for (idx, bytes) in self.store.recipients(id)? {
                 if !idxs.contains(&idx) {
                     continue;
@@ -384,6 +387,7 @@ impl Outbound {
                     continue;
                 };
                 groups.entry(st.peer.clone()).or_default().push((idx, st));
+                seen.insert(idx, bytes);
             }
             for (peer, idxs) in groups {
                 {
@@ -393,9 +397,19 @@ impl Outbound {
                     }
                 }
                 let me = self.clone();
+                let group_seen: HashMap<u32, Vec<u8>> = idxs
+                    .iter()
+                    .filter_map(|(i, _)| Some((*i, seen.get(i)?.clone())))
+                    .collect();
                 tasks.spawn(async move {
                     let keys: Vec<(MsgId, u32)> = idxs.iter().map(|(i, _)| (id, *i)).collect();
-                    let g = Group { id, peer, idxs };
+                    let seen = group_seen;
+                    let g = Group {
+                        id,
+                        peer,
+                        idxs,
+                        seen,
+                    };
                     if let Err(e) = me.clone().deliver(g).await {
                         tracing::error!(error = %e, id, "delivery: store error");
                     }
@@ -415,19 +429,32 @@ impl Outbound {
         Ok(later)
     }
 
+    /// Writes delivery results, each only over the state the delivery started from: whatever a
+    /// RES, a report or the operator wrote meanwhile wins.
     fn commit_states(
         &self,
         id: MsgId,
+        seen: &HashMap<u32, Vec<u8>>,
         states: Vec<(u32, RecipientState, Option<u64>)>,
     ) -> store::CommitHandle {
         let ops = states
             .into_iter()
-            .map(|(idx, st, old_due)| Op::SetRecipient {
-                id,
-                idx,
-                due: st.due,
-                state: to_bytes(&st),
-                old_due,
+            .map(|(idx, st, old_due)| match seen.get(&idx) {
+                Some(expected) => Op::SetRecipientIf {
+                    id,
+                    idx,
+                    expected: expected.clone(),
+                    due: st.due,
+                    state: to_bytes(&st),
+                    old_due,
+                },
+                None => Op::SetRecipient {
+                    id,
+                    idx,
+                    due: st.due,
+                    state: to_bytes(&st),
+                    old_due,
+                },
             })
             .collect();
         self.store.commit(ops)
@@ -457,7 +484,7 @@ impl Outbound {
                     (idx, st, old)
                 })
                 .collect();
-            self.commit_states(g.id, states).await?;
+            self.commit_states(g.id, &g.seen, states).await?;
             return Ok(());
         }
 
@@ -492,7 +519,7 @@ impl Outbound {
             false
         });
         if !finished.is_empty() {
-            self.commit_states(g.id, finished).await?;
+            self.commit_states(g.id, &g.seen, finished).await?;
         }
         if g.idxs.is_empty() {
             return Ok(());
@@ -547,7 +574,7 @@ impl Outbound {
             .collect();
         let peer = states.first().and_then(|(_, s, _)| s.peer.clone());
         let tid = states.first().and_then(|(_, s, _)| s.tid.clone());
-        self.commit_states(g.id, states).await?;
+        self.commit_states(g.id, &g.seen, states).await?;
         if !sent_to.is_empty() && meta.originated {
             self.cdr_sent(&meta, peer, tid, sent_to, now);
         }

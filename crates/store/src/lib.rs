@@ -72,6 +72,17 @@ pub enum Op {
         due: Option<u64>,
         old_due: Option<u64>,
     },
+    /// [`Op::SetRecipient`] only if the stored state is still `expected` (compare and set): a
+    /// delivery that took long must not overwrite what a RES, a report or an operator wrote
+    /// meanwhile. The result says `Conflict` when it was not applied.
+    SetRecipientIf {
+        id: MsgId,
+        idx: u32,
+        expected: Vec<u8>,
+        state: Vec<u8>,
+        due: Option<u64>,
+        old_due: Option<u64>,
+    },
     /// Files a message in a local subscriber's mailbox unless `dedupe_key` was seen before;
     /// the result says which (MM4 de-duplication: message id + originator system + recipient).
     Deliver {
@@ -110,6 +121,8 @@ pub enum OpResult {
     Delivered,
     /// `Deliver`: the key was known; the message it first came with.
     Duplicate(MsgId),
+    /// `SetRecipientIf`: the state had changed; nothing written.
+    Conflict,
 }
 
 /// An entry of the due index.
@@ -318,6 +331,33 @@ fn apply(db: &Database, batch: &[Job]) -> Result<Vec<Vec<OpResult>>, StoreError>
                             due.insert((*at, *id, *idx), ()).map_err(db_err)?;
                         }
                         OpResult::Done
+                    }
+                    Op::SetRecipientIf {
+                        id,
+                        idx,
+                        expected,
+                        state,
+                        due: at,
+                        old_due,
+                    } => {
+                        let current = recipients
+                            .get((*id, *idx))
+                            .map_err(db_err)?
+                            .map(|v| v.value().to_vec());
+                        if current.as_deref() != Some(expected.as_slice()) {
+                            OpResult::Conflict
+                        } else {
+                            recipients
+                                .insert((*id, *idx), state.as_slice())
+                                .map_err(db_err)?;
+                            if let Some(old) = old_due {
+                                due.remove((*old, *id, *idx)).map_err(db_err)?;
+                            }
+                            if let Some(at) = at {
+                                due.insert((*at, *id, *idx), ()).map_err(db_err)?;
+                            }
+                            OpResult::Done
+                        }
                     }
                     Op::Deliver {
                         dedupe_key,
@@ -602,6 +642,37 @@ mod tests {
             }]
         );
         assert_eq!(s.recipients(id).unwrap(), vec![(0, b"deferred".to_vec())]);
+        // Compare and set: applied only over the expected state.
+        let r = s
+            .commit(vec![Op::SetRecipientIf {
+                id,
+                idx: 0,
+                expected: b"queued".to_vec(),
+                state: b"stale".to_vec(),
+                due: None,
+                old_due: Some(500),
+            }])
+            .await
+            .unwrap();
+        assert_eq!(r, vec![OpResult::Conflict]);
+        assert_eq!(
+            s.due(1000, 10).unwrap().len(),
+            1,
+            "a conflict leaves the due index alone"
+        );
+        let r = s
+            .commit(vec![Op::SetRecipientIf {
+                id,
+                idx: 0,
+                expected: b"deferred".to_vec(),
+                state: b"forwarded".to_vec(),
+                due: None,
+                old_due: Some(500),
+            }])
+            .await
+            .unwrap();
+        assert_eq!(r, vec![OpResult::Done]);
+        assert_eq!(s.due(1000, 10).unwrap().len(), 0);
         drop(s);
         // After reopening, everything is there and ids keep growing.
         let s = Embedded::open(&dir).unwrap();
