@@ -21,6 +21,7 @@ pub async fn probe(target: &str) -> Result<String, String> {
         tls: TlsMode::None,
         tls_server_name: target.split(':').next().unwrap_or("").to_string(),
         connector: unverified_connector(),
+        source: None,
     };
     let c = Connection::open(addr, &cfg)
         .await

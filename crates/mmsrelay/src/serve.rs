@@ -75,6 +75,7 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
                 tls: smtp::client_driver::TlsMode::Opportunistic,
                 tls_server_name: "mmsc.peer.invalid".into(),
                 connector: smtp::client_driver::unverified_connector(),
+                source: cfg.smtp.source_address,
             },
             our_domain: domain.clone(),
         },

@@ -138,6 +138,9 @@ pub struct SmtpConfig {
     /// Advertise and honour `XMM4` (EXTENSIONS §1).
     #[serde(default = "yes")]
     pub xmm4: bool,
+    /// Local address outgoing SMTP connections come from (what peers put in their allow lists);
+    /// the system chooses when unset.
+    pub source_address: Option<std::net::IpAddr>,
 }
 
 fn default_smtp_listen() -> Vec<SocketAddr> {

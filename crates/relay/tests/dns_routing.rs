@@ -2,11 +2,8 @@
 //! an e164.arpa zone with E2U+mms:mailto NAPTR records — including a forged NAPTR that points to
 //! an MMSE we have no agreement with, and a ported number (E2U+mms:tel).
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
 use relay::config::Config;
 use relay::directory::Directory;
 use relay::routing::{Route, Router};
@@ -71,7 +68,7 @@ fn n(s: &str) -> mm4::Address {
 
 #[tokio::test]
 async fn enum_and_mx_through_a_real_dns_server() {
-    let ns = nsd(&[("gprs", GPRS), ("e164.arpa", ENUM)]);
+    let ns = testbed::Nsd::start(&[("gprs", GPRS), ("e164.arpa", ENUM)]);
     let r = router(ns.addr, "");
     match r.route(&n("+491721111111")).await.unwrap() {
         Route::Peer { peer, domain, via } => {
@@ -125,7 +122,7 @@ async fn enum_and_mx_through_a_real_dns_server() {
 
 #[tokio::test]
 async fn a_forged_naptr_sends_traffic_nowhere() {
-    let ns = nsd(&[("gprs", GPRS), ("e164.arpa", ENUM)]);
+    let ns = testbed::Nsd::start(&[("gprs", GPRS), ("e164.arpa", ENUM)]);
     let r = router(ns.addr, "");
     assert_eq!(
         r.route(&n("+491799999999")).await.unwrap(),

@@ -76,6 +76,7 @@ async fn engine(peers: &[(&str, &str, &str, std::net::SocketAddr, &str)]) -> Eng
                 tls: smtp::client_driver::TlsMode::None,
                 tls_server_name: "peer.test".into(),
                 connector: smtp::client_driver::unverified_connector(),
+                source: None,
             },
             our_domain: "mms.mnc001.mcc001.gprs".parse().unwrap(),
         },

@@ -58,6 +58,9 @@ pub struct ClientConfig {
     /// Server name for SNI.
     pub tls_server_name: String,
     pub connector: tokio_rustls::TlsConnector,
+    /// The local address to connect from (peers' allow lists name it); the system's choice when
+    /// `None`.
+    pub source: Option<std::net::IpAddr>,
 }
 
 /// Why a session with a server failed (every one of these is a reason to try again later).
@@ -237,7 +240,21 @@ impl Connection {
 
     /// Connects, reads the greeting, says EHLO and negotiates TLS per `cfg.tls`.
     pub async fn open(addr: SocketAddr, cfg: &ClientConfig) -> Result<Connection, SessionError> {
-        let tcp = match timeout(cfg.timeouts.connect, TcpStream::connect(addr)).await {
+        let connect = async {
+            match cfg.source {
+                None => TcpStream::connect(addr).await,
+                Some(ip) => {
+                    let sock = if ip.is_ipv4() {
+                        tokio::net::TcpSocket::new_v4()?
+                    } else {
+                        tokio::net::TcpSocket::new_v6()?
+                    };
+                    sock.bind(SocketAddr::new(ip, 0))?;
+                    sock.connect(addr).await
+                }
+            }
+        };
+        let tcp = match timeout(cfg.timeouts.connect, connect).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 return Err(SessionError::Connect {

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -195,116 +195,12 @@ pub async fn peer(ip: &str, b: Behaviour) -> Peer {
     }
 }
 
-/// A temp dir removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let p = std::env::temp_dir().join(format!("relay-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+#[allow(unused_imports)]
+pub use testbed::TempDir;
 
 /// Drains a TcpStream-ish reader fully (unused helper kept for symmetry).
 pub async fn read_all<R: tokio::io::AsyncRead + Unpin>(mut r: R) -> Vec<u8> {
     let mut v = Vec::new();
     let _ = r.read_to_end(&mut v).await;
     v
-}
-
-/// A real authoritative DNS server (NSD from Debian) on 127.0.0.1, serving the given zones.
-pub struct Nsd {
-    pub child: std::process::Child,
-    pub addr: SocketAddr,
-    pub dir: TempDir,
-}
-
-impl Drop for Nsd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts NSD with `zones` as `(zone name, zone file text)`; waits until it answers.
-pub fn nsd(zones: &[(&str, &str)]) -> Nsd {
-    let dir = TempDir::new("nsd");
-    let port = {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.local_addr().unwrap().port()
-    };
-    let d = dir.0.display().to_string();
-    let mut conf = format!(
-        "server:\n    ip-address: 127.0.0.1@{port}\n    port: {port}\n    do-ip6: no\n    username: nsd\n    chroot: \"\"\n    zonesdir: \"{d}\"\n    database: \"\"\n    zonelistfile: \"{d}/zone.list\"\n    xfrdfile: \"{d}/xfrd.state\"\n    xfrdir: \"{d}\"\n    pidfile: \"{d}/nsd.pid\"\n    logfile: \"{d}/nsd.log\"\n    server-count: 1\nremote-control:\n    control-enable: no\n"
-    );
-    for (name, text) in zones {
-        let file = format!("{name}.zone");
-        std::fs::write(dir.0.join(&file), text).unwrap();
-        conf.push_str(&format!(
-            "zone:\n    name: \"{name}\"\n    zonefile: \"{file}\"\n"
-        ));
-    }
-    std::fs::write(dir.0.join("nsd.conf"), conf).unwrap();
-    let ok = std::process::Command::new("chown")
-        .args(["-R", "nsd:nsd"])
-        .arg(&dir.0)
-        .status()
-        .unwrap();
-    assert!(ok.success(), "chown to nsd (is the nsd package installed?)");
-    let check = std::process::Command::new("nsd-checkconf")
-        .arg(dir.0.join("nsd.conf"))
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
-    let child = std::process::Command::new("nsd")
-        .args(["-d", "-c"])
-        .arg(dir.0.join("nsd.conf"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("nsd (Debian package nsd)");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    // Ready when it answers an SOA query for the first zone.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let first = zones[0].0;
-    loop {
-        let out = std::process::Command::new("dig")
-            .args([
-                "@127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "+norec",
-                "+short",
-                "+time=1",
-                "+tries=1",
-                "SOA",
-                first,
-            ])
-            .output();
-        if out.map(|o| !o.stdout.is_empty()).unwrap_or(false) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "nsd did not answer: {}",
-            std::fs::read_to_string(dir.0.join("nsd.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Nsd { child, addr, dir }
 }
