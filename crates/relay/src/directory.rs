@@ -168,6 +168,12 @@ impl Directory {
         if ours {
             return match addr.e164() {
                 Some(n) if self.is_local(n) => Ok(RcptClass::Local(n.clone())),
+                // A hub: a transit peer may hand us numbers we route onwards by prefix.
+                Some(n) if self.transit_allowed(source) && self.route_number(n).is_some() => {
+                    Ok(RcptClass::Transit {
+                        peer: self.route_number(n).expect("checked"),
+                    })
+                }
                 _ => Err(mm4_reply(
                     550,
                     (5, 1, 1),

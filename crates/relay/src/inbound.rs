@@ -212,8 +212,16 @@ impl Inbound {
         rec.mm_message_id = pdu.mm_message_id().map(str::to_string);
         rec.originator_system = pdu.response_address().map(ToString::to_string);
 
-        let sync = msg.mail_from.xmm4_sync;
-        // With XMM4 SYNC the MM-level verdict is the reply (EXTENSIONS §1).
+        // With XMM4 SYNC the MM-level verdict is the reply (EXTENSIONS §1) — but only where we
+        // are the recipient R/S: a transit hop cannot answer for the MMSE behind it, whose RES
+        // goes to the originator in its own time.
+        let transit_hop = msg.rcpts.iter().any(|r| {
+            matches!(
+                self.dir.classify_rcpt(&r.address, msg.peer.addr.ip()),
+                Ok(RcptClass::Transit { .. })
+            )
+        });
+        let sync = msg.mail_from.xmm4_sync && !transit_hop;
         let reply = if sync {
             mm4_reply(
                 250,

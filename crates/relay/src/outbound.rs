@@ -678,8 +678,8 @@ impl Outbound {
                 .idxs
                 .iter()
                 .map(|(_, st)| OutRcpt {
-                    address: qualify(&st.address, &domain),
-                    orcpt: Some(qualify(&st.address, &domain)),
+                    address: qualify_onwards(&st.address, &domain, &self.cfg.our_domain),
+                    orcpt: Some(qualify_onwards(&st.address, &domain, &self.cfg.our_domain)),
                     notify: smtp::server::notify::FAILURE | smtp::server::notify::DELAY,
                 })
                 .collect(),
@@ -933,6 +933,18 @@ pub fn qualify(address: &str, domain: &Domain) -> String {
             .envelope(Some(domain))
             .unwrap_or_else(|_| address.to_string()),
         _ => address.to_string(),
+    }
+}
+
+/// [`qualify`] for a hop onwards: an address handed to us at our own domain (we are a hub)
+/// goes on at the next MMSE's domain.
+pub fn qualify_onwards(address: &str, domain: &Domain, ours: &Domain) -> String {
+    match address.parse::<mm4::Address>() {
+        Ok(a) if a.domain() == Some(ours) && a.e164().is_some() => a
+            .without_domain()
+            .envelope(Some(domain))
+            .unwrap_or_else(|_| address.to_string()),
+        _ => qualify(address, domain),
     }
 }
 

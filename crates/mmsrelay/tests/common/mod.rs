@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 pub const DOMAIN: &str = "mms.mnc001.mcc001.gprs";
 
+#[allow(unused_imports)]
 pub use testbed::{free_port, TempDir};
 
 /// A running relay process.
