@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod client;
+mod demo;
 mod inspect;
 mod probe;
 mod serve;
@@ -75,6 +76,9 @@ enum Command {
         #[arg(long)]
         read_reply: bool,
     },
+    /// Two operators (and a hub) in one process on free loopback ports exchange MMs directly
+    /// and through the hub, with acks and reports; prints the timeline and exits 0.
+    Demo,
     /// Connect to an SMTP server and print its capabilities (XMM4 included) and whether
     /// STARTTLS works.
     Probe { target: String },
@@ -199,6 +203,13 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("mmsrelay send: {e}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        },
+        Command::Demo => match demo::demo() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mmsrelay demo: {e}");
                 ExitCode::from(EXIT_RUNTIME)
             }
         },

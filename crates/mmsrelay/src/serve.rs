@@ -30,7 +30,25 @@ pub enum ServeError {
 /// The versions we understand, advertised in `XMM4 V=…`.
 const XMM4_VERSIONS: [&str; 3] = ["6.16.0", "6.10.0", "5.5.0"];
 
+/// Runs the relay until SIGINT or SIGTERM.
 pub async fn run(cfg: Config) -> Result<(), ServeError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut relay = tokio::spawn(run_until(cfg, stop_rx));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        // It ended by itself: a start-up failure (a port in use, an unreadable store).
+        r = &mut relay => return r.map_err(|e| ServeError::Io(std::io::Error::other(e)))?,
+    }
+    let _ = stop_tx.send(true);
+    relay
+        .await
+        .map_err(|e| ServeError::Io(std::io::Error::other(e)))?
+}
+
+/// Runs the relay until `stop` turns `true` (the in-process form `demo` uses).
+pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(), ServeError> {
     let store: Arc<Embedded> = Arc::new(Embedded::open(&cfg.store.path)?);
     let spool: Arc<dyn Spool> = store.clone();
     let dir = Arc::new(Directory::new(&cfg));
@@ -184,11 +202,7 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     api.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(domain = %cfg.mmse.domain, store = %cfg.store.path.display(), "mmsrelay running");
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let _ = stop.wait_for(|s| *s).await;
     tracing::info!("stopping: no new sessions, finishing transactions in flight");
     let _ = stop_tx.send(true);
     while let Some(r) = listeners.join_next().await {
