@@ -266,7 +266,8 @@ impl Events {
             self.cdr(RecordType::MMR4F, meta.peer.clone(), &pdu, None, body.len());
             ops.extend(self.schedule_expired_reports(id, meta, &pdu, local));
         }
-        if !owe_res {
+        // Only the recipient R/S answers: a transit hop (no local recipient) owes no RES.
+        if !owe_res || local.is_empty() {
             return ops;
         }
         let Some(reply_to) = pdu

@@ -340,7 +340,14 @@ impl Outbound {
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         }
-        while tasks.join_next().await.is_some() {}
+        // Deliveries under way get a moment to finish; one stuck (a slow DNS server, a peer
+        // that stalls) is abandoned: its recipients are still due, so it is retried after the
+        // restart.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        tasks.shutdown().await;
         let conns: Vec<Connection> = {
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
             pool.drain().flat_map(|(_, v)| v).collect()
