@@ -680,7 +680,9 @@ impl Outbound {
             mail_from,
             envid: tid.clone(),
             ret_hdrs: true,
-            xmm4_sync: is_forward && ack,
+            // Only the originator may take the RES in the reply: a transit hop asking for it
+            // would swallow the RES that belongs to the originator R/S.
+            xmm4_sync: is_forward && ack && meta.originated,
             rcpts: g
                 .idxs
                 .iter()
