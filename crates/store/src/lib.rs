@@ -201,6 +201,9 @@ impl Drop for Embedded {
     }
 }
 
+/// redb's page cache.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// Most commits one fsync carries (bounds latency and transaction size under a flood).
 const MAX_BATCH: usize = 512;
 
@@ -212,7 +215,12 @@ impl Embedded {
             reason,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        let db = Database::create(dir.join("spool.redb")).map_err(|e| open_err(e.to_string()))?;
+        // A bounded page cache: bodies are written once and read once, caching them buys little,
+        // and an MMSC shares its box.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(dir.join("spool.redb"))
+            .map_err(|e| open_err(e.to_string()))?;
         // Create every table once so readers never meet a missing one.
         let txn = db.begin_write().map_err(db_err)?;
         {
