@@ -49,6 +49,9 @@ enum Cmd {
         /// Local address to connect from.
         #[arg(long)]
         source: Option<std::net::IpAddr>,
+        /// Offered load in messages per second over all connections (0: as fast as possible).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
     },
     /// Accept everything, store nothing.
     Sink {
@@ -149,6 +152,7 @@ pub async fn send(
     to: String,
     ack: bool,
     source: Option<std::net::IpAddr>,
+    rate: f64,
 ) -> Report {
     let part = Arc::new(jpeg_like(size));
     let next = Arc::new(AtomicUsize::new(0));
@@ -178,6 +182,12 @@ pub async fn send(
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= count {
                     break;
+                }
+                // Open-loop pacing: message i is due at i / rate seconds after the start, so a
+                // slow reply shows up as latency, not as a lower offered load.
+                if rate > 0.0 {
+                    let due = start + Duration::from_secs_f64(i as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
                 }
                 let body = forward(&format!("B{run}-{i}"), &to, size, ack, &part);
                 let env = OutEnvelope {
@@ -332,6 +342,7 @@ fn main() {
             to,
             ack,
             source,
+            rate,
         } => {
             let r = rt.block_on(send(
                 target,
@@ -342,6 +353,7 @@ fn main() {
                 to,
                 ack,
                 source,
+                rate,
             ));
             println!("{}", r.line());
             if r.accepted == 0 {
