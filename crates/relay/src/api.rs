@@ -312,6 +312,22 @@ async fn get_raw(
     Ok(([(axum::http::header::CONTENT_TYPE, "message/rfc822")], body).into_response())
 }
 
+fn invalid_field(field: &str, e: mm4::values::BadValue) -> ApiError {
+    ApiError(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        format!("{field}: {e}"),
+    )
+}
+
+fn not_requested(what: &str) -> ApiError {
+    ApiError(
+        StatusCode::CONFLICT,
+        "report_not_requested",
+        format!("the MM did not ask for {what}"),
+    )
+}
+
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReportIn {
@@ -342,19 +358,9 @@ async fn post_report(
     let subscriber: mm4::Address = mailbox_key(&address)?.parse().map_err(internal)?;
     let kind = match (&req.status, &req.read_status) {
         (Some(s), None) => {
-            let status: mm4::MmStatus = s.parse().map_err(|e: mm4::values::BadValue| {
-                ApiError(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    format!("status: {e}"),
-                )
-            })?;
+            let status: mm4::MmStatus = s.parse().map_err(|e| invalid_field("status", e))?;
             if f.delivery_report != Some(true) {
-                return Err(ApiError(
-                    StatusCode::CONFLICT,
-                    "report_not_requested",
-                    "the MM did not ask for delivery reports".into(),
-                ));
+                return Err(not_requested("delivery reports"));
             }
             mm4::Kind::DeliveryReportReq(mm4::DeliveryReport {
                 message_id: f.message_id.clone(),
@@ -367,19 +373,9 @@ async fn post_report(
             })
         }
         (None, Some(r)) => {
-            let rs: mm4::ReadStatus = r.parse().map_err(|e: mm4::values::BadValue| {
-                ApiError(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    format!("read_status: {e}"),
-                )
-            })?;
+            let rs: mm4::ReadStatus = r.parse().map_err(|e| invalid_field("read_status", e))?;
             if f.read_reply != Some(true) {
-                return Err(ApiError(
-                    StatusCode::CONFLICT,
-                    "report_not_requested",
-                    "the MM did not ask for a read reply".into(),
-                ));
+                return Err(not_requested("a read reply"));
             }
             mm4::Kind::ReadReplyReq(mm4::ReadReply {
                 message_id: f.message_id.clone(),

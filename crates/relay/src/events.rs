@@ -589,23 +589,14 @@ impl Events {
                 let status = r.status;
                 self.update_recipients(
                     id,
+                    |st| st.awaits(&tid),
                     |st| {
-                        st.tid.as_deref() == Some(tid.as_str())
-                            && matches!(
-                                st.state,
-                                RcptState::Forwarded | RcptState::Queued | RcptState::Deferred
-                            )
-                    },
-                    |st| {
-                        st.status_code = Some(status.as_str().into());
-                        st.status_text = Some(evidence.clone());
-                        st.due = None;
                         let state = if status == RequestStatus::Ok {
                             RcptState::Acknowledged
                         } else {
                             RcptState::Failed
                         };
-                        st.set(state, now, evidence.clone());
+                        st.conclude(state, status.as_str(), &evidence, now);
                     },
                 )
             }
@@ -812,18 +803,14 @@ impl Events {
         let evidence = format!("bounce: {first_line}");
         self.update_recipients(
             ours,
+            |st| st.awaits(&tid),
             |st| {
-                st.tid.as_deref() == Some(tid.as_str())
-                    && matches!(
-                        st.state,
-                        RcptState::Forwarded | RcptState::Queued | RcptState::Deferred
-                    )
-            },
-            |st| {
-                st.status_code = Some(RequestStatus::ErrorUnspecified.as_str().into());
-                st.status_text = Some(evidence.clone());
-                st.due = None;
-                st.set(RcptState::Failed, now, evidence.clone());
+                st.conclude(
+                    RcptState::Failed,
+                    RequestStatus::ErrorUnspecified.as_str(),
+                    &evidence,
+                    now,
+                );
             },
         )
     }
@@ -862,10 +849,7 @@ impl Events {
                 },
                 |st| match (action, outcome) {
                     (Action::Failed, Outcome::Fail(code)) => {
-                        st.status_code = Some(code.as_str().into());
-                        st.status_text = Some(evidence.clone());
-                        st.due = None;
-                        st.set(RcptState::Failed, now, evidence.clone());
+                        st.conclude(RcptState::Failed, code.as_str(), &evidence, now);
                     }
                     _ => st.events.push(crate::records::TimelineEvent {
                         at: now,

@@ -201,6 +201,23 @@ impl RecipientState {
         }
     }
 
+    /// A final outcome: the state, its status code and evidence, out of the queue.
+    pub fn conclude(&mut self, state: RcptState, code: &str, evidence: &str, at: i64) {
+        self.status_code = Some(code.to_string());
+        self.status_text = Some(evidence.to_string());
+        self.due = None;
+        self.set(state, at, evidence);
+    }
+
+    /// Whether this recipient is carried by transaction `tid` and still waits for its outcome.
+    pub fn awaits(&self, tid: &str) -> bool {
+        self.tid.as_deref() == Some(tid)
+            && matches!(
+                self.state,
+                RcptState::Forwarded | RcptState::Queued | RcptState::Deferred
+            )
+    }
+
     /// Moves to `state`, recording it on the timeline with its evidence.
     pub fn set(&mut self, state: RcptState, at: i64, detail: impl Into<String>) {
         self.state = state;

@@ -295,6 +295,25 @@ fn writer(db: Arc<Database>, rx: mpsc::Receiver<Job>, stats: Arc<Stats>) {
     }
 }
 
+/// Writes a recipient's state and moves its entry in the due index.
+fn put_recipient(
+    recipients: &mut redb::Table<'_, (u64, u32), &'static [u8]>,
+    due: &mut redb::Table<'_, (u64, u64, u32), ()>,
+    (id, idx): (u64, u32),
+    state: &[u8],
+    at: Option<u64>,
+    old_due: Option<u64>,
+) -> Result<(), StoreError> {
+    recipients.insert((id, idx), state).map_err(db_err)?;
+    if let Some(old) = old_due {
+        due.remove((old, id, idx)).map_err(db_err)?;
+    }
+    if let Some(at) = at {
+        due.insert((at, id, idx), ()).map_err(db_err)?;
+    }
+    Ok(())
+}
+
 fn apply(db: &Database, batch: &[Job]) -> Result<Vec<Vec<OpResult>>, StoreError> {
     let mut txn = db.begin_write().map_err(db_err)?;
     txn.set_durability(Durability::Immediate).map_err(db_err)?;
@@ -329,15 +348,14 @@ fn apply(db: &Database, batch: &[Job]) -> Result<Vec<Vec<OpResult>>, StoreError>
                         due: at,
                         old_due,
                     } => {
-                        recipients
-                            .insert((*id, *idx), state.as_slice())
-                            .map_err(db_err)?;
-                        if let Some(old) = old_due {
-                            due.remove((*old, *id, *idx)).map_err(db_err)?;
-                        }
-                        if let Some(at) = at {
-                            due.insert((*at, *id, *idx), ()).map_err(db_err)?;
-                        }
+                        put_recipient(
+                            &mut recipients,
+                            &mut due,
+                            (*id, *idx),
+                            state,
+                            *at,
+                            *old_due,
+                        )?;
                         OpResult::Done
                     }
                     Op::SetRecipientIf {
@@ -355,15 +373,14 @@ fn apply(db: &Database, batch: &[Job]) -> Result<Vec<Vec<OpResult>>, StoreError>
                         if current.as_deref() != Some(expected.as_slice()) {
                             OpResult::Conflict
                         } else {
-                            recipients
-                                .insert((*id, *idx), state.as_slice())
-                                .map_err(db_err)?;
-                            if let Some(old) = old_due {
-                                due.remove((*old, *id, *idx)).map_err(db_err)?;
-                            }
-                            if let Some(at) = at {
-                                due.insert((*at, *id, *idx), ()).map_err(db_err)?;
-                            }
+                            put_recipient(
+                                &mut recipients,
+                                &mut due,
+                                (*id, *idx),
+                                state,
+                                *at,
+                                *old_due,
+                            )?;
                             OpResult::Done
                         }
                     }
