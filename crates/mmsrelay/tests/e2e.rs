@@ -9,7 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{http, wait_api, Client, Relay};
+use common::{http, timeline, wait_api, wait_message, Client, Relay};
 use serde_json::{json, Value};
 use testbed::{free_port, Nsd, Postfix, TempDir};
 
@@ -273,11 +273,7 @@ fn cdr_types(op: &Operator) -> Vec<String> {
 /// The whole MM4 conversation A ↔ B: forward, RES, delivery report, read reply (with RES).
 fn conversation(w: &World) -> Value {
     let id = submit(&w.a, mm(&["+491791111111"], true, true));
-    wait_api(
-        &w.a.api,
-        &format!("/v1/messages/{id}"),
-        rcpt_state(0, "acknowledged"),
-    );
+    wait_message(&w.a.api, &id, rcpt_state(0, "acknowledged"));
     let mbox = mailbox(&w.b, "+491791111111", 1);
     assert_eq!(mbox[0]["subject"], "Grüße");
     assert_eq!(mbox[0]["from"], "+491721111111/TYPE=PLMN");
@@ -294,17 +290,9 @@ fn conversation(w: &World) -> Value {
     assert!(raw.contains("X-Mms-Message-Type: MM4_forward.REQ"), "{raw}");
     assert!(raw.contains(&format!("X-Mms-Originator-System: system-user@{A_DOM}")));
     report(&w.b, "+491791111111", &mid, r#"{"status":"Retrieved"}"#);
-    wait_api(
-        &w.a.api,
-        &format!("/v1/messages/{id}"),
-        rcpt_state(0, "delivered"),
-    );
+    wait_message(&w.a.api, &id, rcpt_state(0, "delivered"));
     report(&w.b, "+491791111111", &mid, r#"{"read_status":"Read"}"#);
-    let v = wait_api(
-        &w.a.api,
-        &format!("/v1/messages/{id}"),
-        rcpt_state(0, "read"),
-    );
+    let v = wait_message(&w.a.api, &id, rcpt_state(0, "read"));
     // The report RES travel back to B.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !(cdr_types(&w.b).iter().any(|t| t == "MMR4DRs")
@@ -330,12 +318,7 @@ fn conversation(w: &World) -> Value {
 fn direct_routed_by_enum_and_mx() {
     let w = world(Setup::default());
     let v = conversation(&w);
-    let events: Vec<&str> = v["recipients"][0]["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event"].as_str().unwrap())
-        .collect();
+    let events = timeline(&v, 0, "event");
     // Direct: B is an mmsrelay, so the RES is folded into the SMTP reply (XMM4 SYNC).
     assert_eq!(
         events,
@@ -361,12 +344,7 @@ fn indirect_through_postfix_with_capability_exchange() {
         ..Setup::default()
     });
     let v = conversation(&w);
-    let events: Vec<&str> = v["recipients"][0]["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event"].as_str().unwrap())
-        .collect();
+    let events = timeline(&v, 0, "event");
     // Through an MTA there is no XMM4: forwarded to Postfix, then B's RES mail came back.
     assert_eq!(
         events,
@@ -406,11 +384,7 @@ fn unknown_number_through_postfix_comes_back_as_a_dsn() {
     });
     let id = submit(&w.a, mm(&["+491799999999"], false, false));
     // Postfix takes it (250), then B refuses the recipient; Postfix's real DSN reaches A.
-    let v = wait_api(
-        &w.a.api,
-        &format!("/v1/messages/{id}"),
-        rcpt_state(0, "failed"),
-    );
+    let v = wait_message(&w.a.api, &id, rcpt_state(0, "failed"));
     assert_eq!(
         v["recipients"][0]["status_code"], "Error-sending-address-unresolved",
         "{v:#}"
@@ -426,11 +400,7 @@ fn peer_down_for_a_while_then_delivered_once() {
     let mut w = world(Setup::default());
     w.b.relay.kill9();
     let id = submit(&w.a, mm(&["+491792222222"], false, false));
-    let v = wait_api(
-        &w.a.api,
-        &format!("/v1/messages/{id}"),
-        rcpt_state(0, "deferred"),
-    );
+    let v = wait_message(&w.a.api, &id, rcpt_state(0, "deferred"));
     assert!(
         v["recipients"][0]["status_text"]
             .as_str()
@@ -440,11 +410,7 @@ fn peer_down_for_a_while_then_delivered_once() {
     );
     std::thread::sleep(Duration::from_secs(2));
     w.b.relay.restart();
-    let v = wait_api(
-        &w.a.api,
-        &format!("/v1/messages/{id}"),
-        rcpt_state(0, "acknowledged"),
-    );
+    let v = wait_message(&w.a.api, &id, rcpt_state(0, "acknowledged"));
     assert!(v["recipients"][0]["attempts"].as_u64().unwrap() >= 2);
     mailbox(&w.b, "+491792222222", 1);
     std::thread::sleep(Duration::from_secs(1));
@@ -459,18 +425,9 @@ fn c_as_a_transit_hub_between_a_and_b() {
     });
     let id = submit(&w.a, mm(&["+491791111111"], false, false));
     // C accepted it as a hop (no folded RES: C is not the recipient MMSE), B's RES came to A.
-    let v = wait_api(
-        &w.a.api,
-        &format!("/v1/messages/{id}"),
-        rcpt_state(0, "acknowledged"),
-    );
+    let v = wait_message(&w.a.api, &id, rcpt_state(0, "acknowledged"));
     assert_eq!(v["recipients"][0]["peer"], "operator-c");
-    let events: Vec<&str> = v["recipients"][0]["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event"].as_str().unwrap())
-        .collect();
+    let events = timeline(&v, 0, "event");
     assert_eq!(events, ["queued", "forwarded", "acknowledged"], "{v:#}");
     let mbox = mailbox(&w.b, "+491791111111", 1);
     assert_eq!(mbox[0]["from"], "+491721111111/TYPE=PLMN");
@@ -487,11 +444,7 @@ fn a_peer_with_a_small_limit_gets_nothing() {
     let mut body = mm(&["+491791111111"], false, false);
     body["parts"][0]["text"] = json!("x".repeat(5000));
     let id = submit(&w.a, body);
-    let v = wait_api(
-        &w.a.api,
-        &format!("/v1/messages/{id}"),
-        rcpt_state(0, "failed"),
-    );
+    let v = wait_message(&w.a.api, &id, rcpt_state(0, "failed"));
     assert_eq!(
         v["recipients"][0]["status_code"],
         "Error-content-not-accepted"
@@ -506,7 +459,7 @@ fn recipients_at_two_operators_are_split_per_mmse() {
     let mut body = mm(&["+491791111111"], false, false);
     body["cc"] = json!(["+33612345678"]);
     let id = submit(&w.a, body);
-    let v = wait_api(&w.a.api, &format!("/v1/messages/{id}"), |v| {
+    let v = wait_message(&w.a.api, &id, |v| {
         v["recipients"][0]["state"] == "acknowledged"
             && v["recipients"][1]["state"] == "acknowledged"
     });
@@ -533,11 +486,7 @@ fn an_unretrieved_mm_expires_with_a_report() {
     let mut body = mm(&["+491791111111"], true, false);
     body["expiry"] = json!("2s");
     let id = submit(&w.a, body);
-    let v = wait_api(
-        &w.a.api,
-        &format!("/v1/messages/{id}"),
-        rcpt_state(0, "expired"),
-    );
+    let v = wait_message(&w.a.api, &id, rcpt_state(0, "expired"));
     assert_eq!(v["recipients"][0]["status_code"], "Expired");
     assert!(v["recipients"][0]["events"]
         .as_array()

@@ -115,22 +115,14 @@ fn refusals_carry_the_mm4_verdict() {
         "{r}"
     );
     // MM4 without a transaction id: no RES possible, refused in the dialogue.
-    let bad = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../mm4/tests/data/vectors/invalid/missing-transaction-id.eml"
-    ))
-    .unwrap();
+    let bad = vector("invalid/missing-transaction-id.eml");
     let r = c.transaction(sender_b(), &[&local("+15550000001")], &bad);
     assert!(
         r.starts_with("554 5.6.0 [MM4 Error-message-format-corrupt] X-Mms-Transaction-ID missing"),
         "{r}"
     );
     // A REQ that can be answered is accepted and answered later by a RES with the error.
-    let unsupported = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../mm4/tests/data/vectors/invalid/unsupported-major-version.eml"
-    ))
-    .unwrap();
+    let unsupported = vector("invalid/unsupported-major-version.eml");
     let r = c.transaction(sender_b(), &[&local("+15550000001")], &unsupported);
     assert!(r.starts_with("250 "), "{r}");
 }

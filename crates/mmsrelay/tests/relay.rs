@@ -196,17 +196,8 @@ fn forward_res_delivery_report_and_read_reply_round_trips() {
     let (mut a, mut b) = pair(false);
     let id = submit(&a, "+491721111111", true, true);
     // A separate MM4_forward.RES mail from B acknowledges it.
-    let v = wait_api(
-        &a.api,
-        &format!("/v1/messages/{id}"),
-        state_is("acknowledged"),
-    );
-    let events: Vec<&str> = v["recipients"][0]["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event"].as_str().unwrap())
-        .collect();
+    let v = wait_message(&a.api, &id, state_is("acknowledged"));
+    let events = timeline(&v, 0, "event");
     assert_eq!(events, ["queued", "forwarded", "acknowledged"], "{v:#}");
     assert!(v["recipients"][0]["events"][2]["detail"]
         .as_str()
@@ -230,7 +221,7 @@ fn forward_res_delivery_report_and_read_reply_round_trips() {
         Some(r#"{"status":"Retrieved"}"#),
     );
     assert_eq!(code, 202, "{r}");
-    wait_api(&a.api, &format!("/v1/messages/{id}"), state_is("delivered"));
+    wait_message(&a.api, &id, state_is("delivered"));
     let (code, _) = http(
         "POST",
         &b.api,
@@ -238,7 +229,7 @@ fn forward_res_delivery_report_and_read_reply_round_trips() {
         Some(r#"{"read_status":"Read"}"#),
     );
     assert_eq!(code, 202);
-    let v = wait_api(&a.api, &format!("/v1/messages/{id}"), state_is("read"));
+    let v = wait_message(&a.api, &id, state_is("read"));
     assert_eq!(v["recipients"][0]["status_code"], "Read");
 
     // Charging records on both sides (B's RES for the reports arrive back at B).
@@ -283,11 +274,7 @@ fn reports_the_mm_did_not_ask_for_are_409() {
 fn xmm4_sync_folds_the_res_and_no_res_mail_is_sent() {
     let (a, mut b) = pair(true);
     let id = submit(&a, "+491721111111", false, false);
-    let v = wait_api(
-        &a.api,
-        &format!("/v1/messages/{id}"),
-        state_is("acknowledged"),
-    );
+    let v = wait_message(&a.api, &id, state_is("acknowledged"));
     assert!(v["recipients"][0]["status_text"]
         .as_str()
         .unwrap()
@@ -401,17 +388,8 @@ fn a_lost_res_means_the_same_req_again_then_acknowledged_once() {
         },
     );
     let id = submit(&a, "+491721111111", false, false);
-    let v = wait_api(
-        &a.api,
-        &format!("/v1/messages/{id}"),
-        state_is("acknowledged"),
-    );
-    let details: Vec<&str> = v["recipients"][0]["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["detail"].as_str().unwrap())
-        .collect();
+    let v = wait_message(&a.api, &id, state_is("acknowledged"));
+    let details = timeline(&v, 0, "detail");
     assert!(
         details.iter().any(|d| d.contains("re-send 1")),
         "{details:#?}"
@@ -431,28 +409,25 @@ fn a_dsn_from_an_mta_fails_the_recipient_with_the_mapped_code() {
     let _b = operator_b(b_smtp, "\"127.0.0.1:9\"", "xmm4 = false");
     let a = operator_a(&format!("\"{b_smtp}\""), "");
     let id = submit(&a, "+491721111111", false, false);
-    let v = wait_api(&a.api, &format!("/v1/messages/{id}"), state_is("forwarded"));
+    let v = wait_message(&a.api, &id, state_is("forwarded"));
     let (_, m) = http("GET", &a.api, &format!("/v1/messages/{id}"), None);
     let tid = m["transaction_id"].as_str().unwrap().to_string();
     let rcpt = "+491721111111/TYPE=PLMN@mms.mnc002.mcc262.gprs";
     let _ = v;
     // A DSN as Postfix writes them (the vector), for our transaction and recipient.
-    let dsn = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../mm4/tests/data/vectors/dsn/postfix-failed.eml"
-    ))
-    .unwrap()
-    .replace("A-20261125-000099", &tid)
-    .replace("+491790000000/TYPE=PLMN@mms.mnc007.mcc262.gprs", rcpt)
-    .replace(
-        "+2B491790000000/TYPE=PLMN@mms.mnc007.mcc262.gprs",
-        &format!("+2B{}", &rcpt[1..]),
-    );
+    let dsn = String::from_utf8(vector("dsn/postfix-failed.eml"))
+        .unwrap()
+        .replace("A-20261125-000099", &tid)
+        .replace("+491790000000/TYPE=PLMN@mms.mnc007.mcc262.gprs", rcpt)
+        .replace(
+            "+2B491790000000/TYPE=PLMN@mms.mnc007.mcc262.gprs",
+            &format!("+2B{}", &rcpt[1..]),
+        );
     let mut c = Client::connect(a.relay.smtp);
     c.hello();
     let r = c.transaction("", &["mm4-bounce@mms.mnc001.mcc001.gprs"], dsn.as_bytes());
     assert!(r.starts_with("250"), "{r}");
-    let v = wait_api(&a.api, &format!("/v1/messages/{id}"), state_is("failed"));
+    let v = wait_message(&a.api, &id, state_is("failed"));
     assert_eq!(
         v["recipients"][0]["status_code"],
         "Error-sending-address-unresolved"
@@ -471,7 +446,7 @@ fn queue_control_and_metrics() {
     // B is not there: the message waits; the operator retries, then gives up.
     let a = operator_a("\"127.0.0.1:9\"", "");
     let id = submit(&a, "+491721111111", true, false);
-    wait_api(&a.api, &format!("/v1/messages/{id}"), state_is("deferred"));
+    wait_message(&a.api, &id, state_is("deferred"));
     let (code, q) = http("GET", &a.api, "/v1/queue", None);
     assert_eq!(code, 200);
     assert_eq!(q["peers"]["operator-b"], 1, "{q:#}");
@@ -487,7 +462,7 @@ fn queue_control_and_metrics() {
     );
     let (code, r) = http("DELETE", &a.api, &format!("/v1/queue/{id}"), None);
     assert_eq!((code, r["failed"].as_u64()), (200, Some(1)));
-    let v = wait_api(&a.api, &format!("/v1/messages/{id}"), state_is("failed"));
+    let v = wait_message(&a.api, &id, state_is("failed"));
     assert!(v["recipients"][0]["status_text"]
         .as_str()
         .unwrap()
@@ -533,12 +508,12 @@ fn an_unretrieved_mm_expires_with_a_report() {
         Some(r#"{"status":"Retrieved"}"#),
     );
     assert_eq!(code, 202);
-    let v = wait_api(&a.api, &format!("/v1/messages/{id}"), |v| {
+    let v = wait_message(&a.api, &id, |v| {
         v["recipients"][0]["state"] == "expired" && v["recipients"][1]["state"] == "delivered"
     });
     assert_eq!(v["recipients"][0]["status_code"], "Expired");
     std::thread::sleep(Duration::from_millis(500));
-    let v = wait_api(&a.api, &format!("/v1/messages/{id}"), |_| true);
+    let v = wait_message(&a.api, &id, |_| true);
     assert_eq!(
         v["recipients"][1]["state"], "delivered",
         "the cancelled Expired report never came"
@@ -582,7 +557,7 @@ hosts = [\"{hole}\"]\ntls = \"none\"\ncapabilities = \"exchange\"\nmax_message_s
     // C knows nothing of it: it takes the REQ and never answers; traffic is not held up and the
     // static profile rules.
     let id = submit(&a, "+491791111111", false, false);
-    wait_api(&a.api, &format!("/v1/messages/{id}"), state_is("forwarded"));
+    wait_message(&a.api, &id, state_is("forwarded"));
     assert!(
         taken.load(std::sync::atomic::Ordering::SeqCst) >= 2,
         "the exchange REQ and the forward"
@@ -626,7 +601,7 @@ fn a_number_the_peer_does_not_serve_fails_unresolved() {
     let _b = operator_b(b_smtp, "\"127.0.0.1:9\"", "");
     let a = operator_a_with(&format!("\"{b_smtp}\""), "", "+4917", "");
     let id = submit(&a, "+491791111111", false, false);
-    let v = wait_api(&a.api, &format!("/v1/messages/{id}"), state_is("failed"));
+    let v = wait_message(&a.api, &id, state_is("failed"));
     assert_eq!(
         v["recipients"][0]["status_code"],
         "Error-sending-address-unresolved"
@@ -646,7 +621,7 @@ fn a_plain_bounce_is_correlated_through_the_returned_headers() {
     let _b = operator_b(b_smtp, "\"127.0.0.1:9\"", "xmm4 = false");
     let a = operator_a(&format!("\"{b_smtp}\""), "");
     let id = submit(&a, "+491721111111", false, false);
-    wait_api(&a.api, &format!("/v1/messages/{id}"), state_is("forwarded"));
+    wait_message(&a.api, &id, state_is("forwarded"));
     let (_, m) = http("GET", &a.api, &format!("/v1/messages/{id}"), None);
     let tid = m["transaction_id"].as_str().unwrap();
     let bounce = format!(
@@ -663,7 +638,7 @@ Hi. This is the mail program. Sorry, your message could not be delivered.\r\n\
         bounce.as_bytes(),
     );
     assert!(r.starts_with("250"), "{r}");
-    let v = wait_api(&a.api, &format!("/v1/messages/{id}"), state_is("failed"));
+    let v = wait_message(&a.api, &id, state_is("failed"));
     assert_eq!(v["recipients"][0]["status_code"], "Error-unspecified");
     assert!(
         v["recipients"][0]["status_text"]

@@ -422,3 +422,32 @@ pub fn blackhole() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize
     });
     (addr, count)
 }
+
+/// Polls `GET /v1/messages/{id}` until `cond` holds.
+pub fn wait_message(
+    api: &str,
+    id: &str,
+    cond: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    wait_api(api, &format!("/v1/messages/{id}"), cond)
+}
+
+/// One field (`event` or `detail`) of every timeline entry of recipient `i`.
+pub fn timeline(v: &serde_json::Value, i: usize, field: &str) -> Vec<String> {
+    v["recipients"][i]["events"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| e[field].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A test mail from the MM4 vectors.
+pub fn vector(rel: &str) -> Vec<u8> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../mm4/tests/data/vectors")
+        .join(rel);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
