@@ -419,16 +419,13 @@ async fn post_report(
         )
     })?;
     let rcpt = sender.with_domain(origin).to_string();
-    let mut pdu = mm4::Pdu::new(crate::events::new_tid("R"), kind);
-    pdu.date = Some(
-        time::OffsetDateTime::now_utc()
-            .replace_nanosecond(0)
-            .unwrap_or_else(|_| time::OffsetDateTime::now_utc()),
+    let pdu = api.events.report_req(
+        crate::events::new_tid("R"),
+        kind,
+        subscriber,
+        &sender,
+        time::OffsetDateTime::now_utc(),
     );
-    pdu.from = Some(subscriber);
-    pdu.to = vec![sender.without_domain()];
-    pdu.ack_request = Some(true);
-    pdu.originator_system = api.events.system_address.parse().ok();
     let tid = pdu.transaction_id.clone();
     let mt = pdu.message_type();
     let mut ops = api.events.originate(pdu, &rcpt, None);

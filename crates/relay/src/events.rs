@@ -328,7 +328,7 @@ impl Events {
             let Ok(subscriber) = n.parse::<Address>() else {
                 continue;
             };
-            let mut dr = Pdu::new(
+            let dr = self.report_req(
                 new_tid("X"),
                 Kind::DeliveryReportReq(mm4::DeliveryReport {
                     message_id: f.message_id.clone(),
@@ -339,12 +339,10 @@ impl Events {
                     forward_to_originator_ua: Some(true),
                     applic: Default::default(),
                 }),
+                subscriber,
+                &sender,
+                expiry,
             );
-            dr.date = Some(expiry.replace_nanosecond(0).unwrap_or(expiry));
-            dr.from = Some(subscriber);
-            dr.to = vec![sender.without_domain()];
-            dr.ack_request = Some(true);
-            dr.originator_system = self.system_address.parse().ok();
             let rcpt = sender.with_domain(origin.clone()).to_string();
             let (dr_id, dr_ops) = self.originate_at(dr, &rcpt, None, Some(at));
             if dr_ops.is_empty() {
@@ -357,6 +355,25 @@ impl Events {
             });
         }
         ops
+    }
+
+    /// A delivery or read report from our `subscriber` to the MM's original `sender`, dated `at`,
+    /// asking for its RES (SPEC §2).
+    pub fn report_req(
+        &self,
+        tid: String,
+        kind: Kind,
+        subscriber: Address,
+        sender: &Address,
+        at: time::OffsetDateTime,
+    ) -> Pdu<'static> {
+        let mut pdu = Pdu::new(tid, kind);
+        pdu.date = Some(at.replace_nanosecond(0).unwrap_or(at));
+        pdu.from = Some(subscriber);
+        pdu.to = vec![sender.without_domain()];
+        pdu.ack_request = Some(true);
+        pdu.originator_system = self.system_address.parse().ok();
+        pdu
     }
 
     /// The subscriber reported on the MM: its pending `Expired` report is not sent.
