@@ -96,6 +96,11 @@ pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(
                 source: cfg.smtp.source_address,
             },
             our_domain: domain.clone(),
+            node: cfg.cluster.node.clone(),
+            lease: cfg.cluster.lease.0,
+            max_in_flight: cfg.queue.max_in_flight,
+            max_in_flight_per_peer: cfg.queue.max_in_flight_per_peer,
+            pool_idle: cfg.queue.pool_idle.0,
         },
         Some(cdr.clone()),
     );
@@ -105,6 +110,7 @@ pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(
         lifetime: cfg.queue.lifetime.0,
         wake: vec![events_wake.clone(), outbound.wake.clone()],
         metrics: outbound.metrics.clone(),
+        clock: clock.clone(),
     });
     let events = Arc::new(relay::events::Events {
         store: spool.clone(),
@@ -113,8 +119,16 @@ pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(
         cdr: Some(cdr.clone()),
         wake: events_wake.clone(),
         outbound_wake: outbound.wake.clone(),
-        system_address: cfg.mmse.system_address(),
+        originator: relay::originate::Originator {
+            store: spool.clone(),
+            dir: dir.clone(),
+            clock: clock.clone(),
+            system_address: cfg.mmse.system_address(),
+        },
         lifetime: cfg.queue.lifetime.0,
+        node: cfg.cluster.node.clone(),
+        lease: cfg.cluster.lease.0,
+        batch: cfg.queue.event_batch,
     });
     let api = Arc::new(relay::api::Api {
         events: events.clone(),
@@ -220,7 +234,7 @@ pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(
     drop(handler);
     drop(policy);
     drop(spool);
-    let stats = store.stats();
+    let stats = store::Health::stats(&*store);
     tracing::info!(
         "store: commits={} syncs={}",
         stats.commits.load(std::sync::atomic::Ordering::Relaxed),

@@ -152,9 +152,9 @@ fn sigkill_under_load_loses_nothing_acknowledged() {
     let mut filed: HashMap<String, usize> = HashMap::new();
     for t in 0..CLIENTS {
         let number = format!("+155500001{t:02}");
-        for id in s.mailbox(&number).unwrap() {
+        for id in wait(s.mailbox(&number)).unwrap() {
             let meta: serde_json::Value =
-                serde_json::from_slice(&s.message(id).unwrap().unwrap()).unwrap();
+                serde_json::from_slice(&wait(s.message(id)).unwrap().unwrap()).unwrap();
             let tid = meta["transaction_id"].as_str().unwrap().to_string();
             *filed.entry(tid).or_default() += 1;
         }
@@ -178,7 +178,7 @@ fn sigkill_under_load_loses_nothing_acknowledged() {
     let mut arrivals = 0;
     let attempts_made = attempts.load(Ordering::Relaxed) as u64;
     for id in 1..=attempts_made * 2 + 100 {
-        let Some(m) = s.message(id).unwrap() else {
+        let Some(m) = wait(s.message(id)).unwrap() else {
             continue;
         };
         let meta: serde_json::Value = serde_json::from_slice(&m).unwrap();

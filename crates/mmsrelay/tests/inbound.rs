@@ -58,16 +58,16 @@ fn forward_is_filed_and_survives_restart() {
     assert!(relay.terminate().success(), "clean stop exits 0");
     let s = open_store(&relay);
     assert_eq!(
-        s.mailbox("+15550000001").unwrap().len(),
+        wait(s.mailbox("+15550000001")).unwrap().len(),
         1,
         "duplicate filed once"
     );
-    assert_eq!(s.mailbox("+15550000002").unwrap().len(), 1);
+    assert_eq!(wait(s.mailbox("+15550000002")).unwrap().len(), 1);
     // The relay answered T-1 twice (the duplicate too) with a RES mail, and T-2 in the SMTP
     // reply only (XMM4 SYNC).
     let mut res = std::collections::HashMap::new();
     for id in 1..50 {
-        let Some(m) = s.message(id).unwrap() else {
+        let Some(m) = wait(s.message(id)).unwrap() else {
             continue;
         };
         let m: serde_json::Value = serde_json::from_slice(&m).unwrap();
@@ -81,7 +81,7 @@ fn forward_is_filed_and_survives_restart() {
     drop(s);
     relay.restart();
     let s_after = open_store_when_stopped(&mut relay);
-    assert_eq!(s_after.mailbox("+15550000001").unwrap().len(), 1);
+    assert_eq!(wait(s_after.mailbox("+15550000001")).unwrap().len(), 1);
 }
 
 fn open_store_when_stopped(relay: &mut Relay) -> store::Embedded {
@@ -270,7 +270,7 @@ fn sigterm_finishes_the_transaction_in_flight() {
     let status = relay.child.wait().unwrap();
     assert!(status.success());
     let s = open_store(&relay);
-    assert_eq!(s.mailbox("+15550000009").unwrap().len(), 1);
+    assert_eq!(wait(s.mailbox("+15550000009")).unwrap().len(), 1);
 }
 
 #[test]
@@ -467,13 +467,12 @@ fn a_full_disk_gives_451_never_250() {
     relay.kill9();
     // Every 250 is in the store; nothing else is.
     let s = store::Embedded::open(&relay.store_path()).unwrap();
-    let filed: Vec<String> = s
-        .mailbox("+15550000001")
+    let filed: Vec<String> = wait(s.mailbox("+15550000001"))
         .unwrap()
         .into_iter()
         .map(|id| {
             let m: serde_json::Value =
-                serde_json::from_slice(&s.message(id).unwrap().unwrap()).unwrap();
+                serde_json::from_slice(&wait(s.message(id)).unwrap().unwrap()).unwrap();
             m["transaction_id"].as_str().unwrap().to_string()
         })
         .collect();

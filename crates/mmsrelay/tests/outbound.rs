@@ -157,10 +157,10 @@ fn submitted_mm_reaches_the_peer_over_required_tls() {
     assert!(status.contains("via operator-b"), "{status}");
     p.b.terminate();
     let s = store::Embedded::open(&p.b.store_path()).unwrap();
-    let filed = s.mailbox("+491721111111").unwrap();
+    let filed = wait(s.mailbox("+491721111111")).unwrap();
     assert_eq!(filed.len(), 1);
     let meta: serde_json::Value =
-        serde_json::from_slice(&s.message(filed[0]).unwrap().unwrap()).unwrap();
+        serde_json::from_slice(&wait(s.message(filed[0])).unwrap().unwrap()).unwrap();
     assert_eq!(meta["kind"]["mm4"]["message_type"], "MM4_forward.REQ");
     assert_eq!(meta["tls"], true, "B received it over TLS");
     drop(s);
@@ -199,7 +199,7 @@ fn peer_down_then_up_with_a_restart_in_between() {
     assert!(st.contains("deferred"), "timeline keeps the deferral: {st}");
     p.b.terminate();
     let s = store::Embedded::open(&p.b.store_path()).unwrap();
-    assert_eq!(s.mailbox("+491722222222").unwrap().len(), 1);
+    assert_eq!(wait(s.mailbox("+491722222222")).unwrap().len(), 1);
 }
 
 #[test]

@@ -44,6 +44,8 @@ pub struct Config {
     pub dns: DnsConfig,
     #[serde(default)]
     pub queue: QueueConfig,
+    #[serde(default)]
+    pub cluster: ClusterConfig,
     #[serde(default, rename = "peer")]
     pub peers: Vec<PeerConfig>,
     #[serde(default, rename = "route")]
@@ -287,6 +289,60 @@ pub struct QueueConfig {
     pub ack_timeout: Dur,
     #[serde(default = "default_ack_resends")]
     pub ack_resends: u32,
+    /// Recipients being delivered at once, in all.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Recipients being delivered at once to one peer (a stalled peer holds no more).
+    #[serde(default = "default_max_in_flight_per_peer")]
+    pub max_in_flight_per_peer: usize,
+    /// Events (RES, reports, DSNs) claimed at once.
+    #[serde(default = "default_event_batch")]
+    pub event_batch: usize,
+    /// An idle outgoing connection older than this is closed, not reused.
+    #[serde(default = "default_pool_idle")]
+    pub pool_idle: Dur,
+}
+
+fn default_max_in_flight() -> usize {
+    512
+}
+fn default_max_in_flight_per_peer() -> usize {
+    128
+}
+fn default_event_batch() -> usize {
+    200
+}
+fn default_pool_idle() -> Dur {
+    secs(30)
+}
+
+/// This node's name and how long its claims on work last.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Unique per node; default: the host name.
+    #[serde(default = "default_node")]
+    pub node: String,
+    /// Work claimed and not renewed within this is taken over (renewed every third of it).
+    #[serde(default = "default_lease")]
+    pub lease: Dur,
+}
+
+fn default_node() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "mmsrelay".into())
+}
+fn default_lease() -> Dur {
+    secs(30)
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
 }
 
 fn default_retry_initial() -> Dur {
@@ -546,6 +602,24 @@ impl Config {
                 "store.backend".into(),
                 "the postgres backend is not part of this build; use \"embedded\"".into(),
             );
+        }
+        for (key, v) in [
+            ("queue.max_in_flight", self.queue.max_in_flight),
+            (
+                "queue.max_in_flight_per_peer",
+                self.queue.max_in_flight_per_peer,
+            ),
+            ("queue.event_batch", self.queue.event_batch),
+        ] {
+            if v == 0 {
+                bad(key.into(), "must be at least 1".into());
+            }
+        }
+        if self.cluster.node.trim().is_empty() {
+            bad("cluster.node".into(), "must not be empty".into());
+        }
+        if self.cluster.lease.0 < std::time::Duration::from_secs(3) {
+            bad("cluster.lease".into(), "must be at least 3s".into());
         }
         if self.queue.retry_initial.0 > self.queue.retry_max.0 {
             bad(

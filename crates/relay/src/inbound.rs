@@ -27,7 +27,7 @@ pub struct InboundPolicy {
 
 impl Policy for InboundPolicy {
     fn check_mail(&self, _: &PeerInfo, _: &MailFrom) -> Result<(), Reply> {
-        if self.store.free_space() < self.min_free_space {
+        if self.store.health().free_space() < self.min_free_space {
             return Err(codes::storage_full());
         }
         Ok(())
@@ -49,6 +49,7 @@ pub struct Inbound {
     /// Wakes the event processor (and the scheduler, for transit) after a commit.
     pub wake: Vec<Arc<tokio::sync::Notify>>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub clock: Arc<dyn crate::clock::Clock>,
 }
 
 /// What a message becomes: the commit that stores it and the reply once it is durable.
@@ -57,10 +58,6 @@ struct Plan {
     reply: Reply,
     /// What it was, for the metrics.
     label: &'static str,
-}
-
-pub(crate) fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 /// The domain a PDU claims to come from: its originator system, else its sender, else the
@@ -146,7 +143,7 @@ impl Inbound {
             })
             .collect();
         StoredMessage {
-            received_at: now_ms(),
+            received_at: self.clock.now_ms(),
             source: msg.peer.addr.to_string(),
             peer,
             helo: msg.helo.clone(),
@@ -197,7 +194,7 @@ impl Inbound {
         let learned = origin_domain(&pdu, &msg.mail_from.address).map(|d| Op::PutCapability {
             peer: format!("seen:{d}"),
             record: serde_json::json!({
-                "at": now_ms(), "version": pdu.version.to_string(), "message_type": mt.as_str(),
+                "at": self.clock.now_ms(), "version": pdu.version.to_string(), "message_type": mt.as_str(),
             })
             .to_string()
             .into_bytes(),
@@ -263,7 +260,7 @@ impl Inbound {
                     });
                 }
                 Ok(RcptClass::Transit { .. }) => {
-                    let now = now_ms();
+                    let now = self.clock.now_ms();
                     let mut st = RecipientState::new(
                         r.address.clone(),
                         RcptState::Queued,
@@ -271,14 +268,7 @@ impl Inbound {
                         now,
                     );
                     st.tid = Some(pdu.transaction_id.clone());
-                    st.due = Some(now.max(0) as u64);
-                    ops.push(Op::SetRecipient {
-                        id,
-                        idx,
-                        state: to_bytes(&st),
-                        due: st.due,
-                        old_due: None,
-                    });
+                    ops.push(st.op(id, idx, Some(now.max(0) as u64), store::Guard::None));
                     idx += 1;
                     transit.push(r.address.clone());
                 }
@@ -286,7 +276,7 @@ impl Inbound {
             }
         }
         if !transit.is_empty() {
-            let now = time::OffsetDateTime::now_utc();
+            let now = self.clock.now();
             let expiry = match &pdu.kind {
                 Kind::ForwardReq(f) => f.expiry.map(|e| e.resolve(pdu.date.unwrap_or(now))),
                 _ => None,

@@ -2,13 +2,16 @@
 
 pub mod api;
 pub mod cdr;
+pub mod clock;
 pub mod config;
 pub mod directory;
 pub mod dns;
 pub mod events;
 pub mod inbound;
 pub mod metrics;
+pub mod originate;
 pub mod outbound;
+pub mod profile;
 pub mod records;
 pub mod routing;
 pub mod submit;

@@ -2,6 +2,21 @@
 //! are the one definition of what the bytes mean.
 
 use serde::{Deserialize, Serialize};
+use store::{DueAt, Guard, MsgId, Op};
+
+/// The queue of recipients whose peer is not known yet (routing failed at submission).
+pub const UNROUTED: &str = "";
+
+/// What a change does to a recipient's place in the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Stays where it is (due when it was).
+    Keep,
+    /// Out of the queue: nothing more to do for it.
+    Out,
+    /// Due at this time (unix ms).
+    At(u64),
+}
 
 /// How an envelope recipient was classified when the message came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,9 +186,6 @@ pub struct RecipientState {
     /// Re-sends after an ack timeout (the same REQ, same ids).
     #[serde(default)]
     pub resends: u32,
-    /// The entry of this recipient in the due index (to move or remove it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub due: Option<u64>,
     /// The transaction id of the REQ that carries this recipient (one per recipient MMSE).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tid: Option<String>,
@@ -191,7 +203,6 @@ impl RecipientState {
             status_text: None,
             attempts: 0,
             resends: 0,
-            due: None,
             tid: None,
             events: vec![TimelineEvent {
                 at,
@@ -201,12 +212,28 @@ impl RecipientState {
         }
     }
 
-    /// A final outcome: the state, its status code and evidence, out of the queue.
+    /// A final outcome: the state, its status code and evidence (the caller takes it out of the
+    /// queue).
     pub fn conclude(&mut self, state: RcptState, code: &str, evidence: &str, at: i64) {
         self.status_code = Some(code.to_string());
         self.status_text = Some(evidence.to_string());
-        self.due = None;
         self.set(state, at, evidence);
+    }
+
+    /// The queue this recipient waits in: its peer's, or the unrouted one.
+    pub fn queue(&self) -> &str {
+        self.peer.as_deref().unwrap_or(UNROUTED)
+    }
+
+    /// The store write of this state, due next at `due` (unix ms; `None`: out of the queue).
+    pub fn op(&self, id: MsgId, idx: u32, due: Option<u64>, guard: Guard) -> Op {
+        Op::SetRecipient {
+            id,
+            idx,
+            state: to_bytes(self),
+            due: due.map(|at| DueAt::new(at, self.queue())),
+            guard,
+        }
     }
 
     /// Whether this recipient is carried by transaction `tid` and still waits for its outcome.
@@ -231,6 +258,17 @@ impl RecipientState {
             self.events.drain(1..101);
         }
     }
+}
+
+/// Decodes a stored record; a record that does not decode is a damaged store, reported as such.
+pub fn from_bytes<T: serde::de::DeserializeOwned>(
+    what: &str,
+    b: &[u8],
+) -> Result<T, store::StoreError> {
+    serde_json::from_slice(b).map_err(|e| store::StoreError::Corrupt {
+        what: what.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 pub fn to_bytes<T: Serialize>(v: &T) -> Vec<u8> {

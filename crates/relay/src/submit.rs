@@ -278,6 +278,7 @@ pub async fn submit(
     let mut stored_rcpts = Vec::new();
     // One transaction id per recipient MMSE; the first keeps the base.
     let mut tids: Vec<(String, String)> = Vec::new();
+    let mut unrouted_tids: Vec<String> = Vec::new();
     let all: Vec<&Address> = to.iter().chain(&cc).chain(&bcc).collect();
     for (idx, a) in all.into_iter().enumerate() {
         let idx = idx as u32;
@@ -325,14 +326,14 @@ pub async fn submit(
                 a.to_string(),
                 None,
             ),
-            // DNS trouble: queued unrouted; the scheduler routes it again.
-            Err(_) => (
-                RcptState::Queued,
-                None,
-                None,
-                a.to_string(),
-                Some(base_tid.clone()),
-            ),
+            // DNS trouble: queued unrouted; the scheduler routes it again, by its own address.
+            // Its own transaction id too: whichever MMSE it turns out to belong to, no other
+            // peer's RES can ever settle it.
+            Err(_) => {
+                let t = format!("{base_tid}-u{idx}");
+                unrouted_tids.push(t.clone());
+                (RcptState::Queued, None, None, a.to_string(), Some(t))
+            }
         };
         let mut st = RecipientState::new(envelope.clone(), state, peer.clone(), now_ms);
         st.status_code = status.clone();
@@ -340,16 +341,8 @@ pub async fn submit(
             st.status_text = Some("no route to the recipient's MMSE".into());
         }
         st.tid = tid;
-        if state == RcptState::Queued {
-            st.due = Some(now_ms.max(0) as u64);
-        }
-        ops.push(Op::SetRecipient {
-            id,
-            idx,
-            state: to_bytes(&st),
-            due: st.due,
-            old_due: None,
-        });
+        let due = (state == RcptState::Queued).then_some(now_ms.max(0) as u64);
+        ops.push(st.op(id, idx, due, store::Guard::None));
         stored_rcpts.push(StoredRcpt {
             address: envelope.clone(),
             kind: if state == RcptState::DeliveredLocal {
@@ -400,7 +393,7 @@ pub async fn submit(
         key: format!("mid:{message_id}"),
         value: id.to_string().into_bytes(),
     });
-    for (_, t) in &tids {
+    for t in tids.iter().map(|(_, t)| t).chain(&unrouted_tids) {
         all_ops.push(Op::PutIndex {
             key: format!("tid:{t}"),
             value: id.to_string().into_bytes(),

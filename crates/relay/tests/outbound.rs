@@ -79,6 +79,11 @@ async fn engine(peers: &[(&str, &str, &str, std::net::SocketAddr, &str)]) -> Eng
                 source: None,
             },
             our_domain: "mms.mnc001.mcc001.gprs".parse().unwrap(),
+            node: "test".into(),
+            lease: OutboundConfig::DEFAULT_LEASE,
+            max_in_flight: OutboundConfig::DEFAULT_MAX_IN_FLIGHT,
+            max_in_flight_per_peer: OutboundConfig::DEFAULT_MAX_IN_FLIGHT_PER_PEER,
+            pool_idle: OutboundConfig::DEFAULT_POOL_IDLE,
         },
     );
     let (stop, rx) = tokio::sync::watch::channel(false);
@@ -123,12 +128,13 @@ impl Engine {
         s.id
     }
 
-    fn states(&self, id: MsgId) -> Vec<RecipientState> {
+    async fn states(&self, id: MsgId) -> Vec<RecipientState> {
         self.store
             .recipients(id)
+            .await
             .unwrap()
             .into_iter()
-            .map(|(_, b)| serde_json::from_slice(&b).unwrap())
+            .map(|r| serde_json::from_slice(&r.state).unwrap())
             .collect()
     }
 
@@ -140,7 +146,7 @@ impl Engine {
     ) -> Vec<RecipientState> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let s = self.states(id);
+            let s = self.states(id).await;
             if cond(&s) {
                 return s;
             }
@@ -376,7 +382,7 @@ async fn split_per_recipient_mmse() {
     assert_eq!(gb.rcpts.len(), 1);
     assert!(gb.rcpts[0].contains("+491721111111"));
     assert!(gc.rcpts[0].contains("+33612345678"));
-    assert_eq!(e.store.mailbox("+15550000002").unwrap(), vec![id]);
+    assert_eq!(e.store.mailbox("+15550000002").await.unwrap(), vec![id]);
 }
 
 #[tokio::test]
@@ -420,7 +426,6 @@ Content-Transfer-Encoding: 8bit\r\n\r\nGrüße aus Paris\r\n--b--\r\n";
         Some("b".into()),
         now,
     );
-    st.due = Some(now as u64);
     st.tid = Some("TR-1".into());
     e.store
         .commit(vec![
@@ -429,13 +434,7 @@ Content-Transfer-Encoding: 8bit\r\n\r\nGrüße aus Paris\r\n--b--\r\n";
                 meta: to_bytes(&meta),
                 body: body.as_bytes().to_vec(),
             },
-            store::Op::SetRecipient {
-                id,
-                idx: 0,
-                state: to_bytes(&st),
-                due: st.due,
-                old_due: None,
-            },
+            st.op(id, 0, Some(now as u64), store::Guard::None),
         ])
         .await
         .unwrap();

@@ -334,6 +334,26 @@ impl Connection {
         !self.broken
     }
 
+    /// Whether an idle connection is still open: the server has neither closed it nor said
+    /// anything unasked (a `421` idle timeout notice). Looks without waiting.
+    pub fn is_alive(&mut self) -> bool {
+        if self.broken {
+            return false;
+        }
+        use tokio::io::AsyncRead;
+        let mut byte = [0u8; 1];
+        let mut buf = tokio::io::ReadBuf::new(&mut byte);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match std::pin::Pin::new(&mut self.stream).poll_read(&mut cx, &mut buf) {
+            std::task::Poll::Pending => true,
+            // Closed, failed, or spoke out of turn: either way not a connection to use.
+            std::task::Poll::Ready(_) => {
+                self.broken = true;
+                false
+            }
+        }
+    }
+
     /// Runs one transaction. `Err(PlanError)` means it was not attempted (too big for the
     /// server's SIZE, or a body the server cannot take); `Err(SessionError)` means the
     /// connection failed and every recipient must be tried again.

@@ -451,3 +451,12 @@ pub fn vector(rel: &str) -> Vec<u8> {
         .join(rel);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
+
+/// Runs one of the store's async reads from a plain test (the embedded store answers at once).
+#[allow(dead_code)]
+pub fn wait<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}

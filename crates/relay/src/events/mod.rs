@@ -1,0 +1,339 @@
+//! The MM-level half of the relay: acting on what inbound stored (EXTENSIONS §2–§4, SPEC §6).
+//!
+//! Each stored event is claimed, handled, and deleted in the same all-or-nothing commit as its
+//! effects; its charging records are written once that commit is durable. Recipient updates are
+//! compare-and-set: when a delivery (or anything else) changed a recipient meanwhile, the event
+//! is handled again from a fresh read. A store error leaves the event claimed until the claim
+//! lapses, then it is handled again — work is retried, never dropped. Only an event that can
+//! never be acted on (its record or message unreadable) is logged and deleted.
+//!
+//! - [`forward`]: a forward for our subscribers (RES owed, `Expired` reports prepared);
+//! - [`response`]: RES, delivery and read reports, capability PDUs;
+//! - [`dsn`]: RFC 3464 DSNs and plain bounces;
+//! - [`capability`]: the active capability exchange (a singleton job).
+
+pub mod capability;
+pub mod dsn;
+pub mod forward;
+pub mod response;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mm4::{MessageType, Pdu, RequestStatus};
+use store::{ClaimRequest, ClaimedEvent, Guard, MsgId, Op, Spool, StoreError};
+use tokio::sync::{watch, Notify};
+
+use crate::cdr::{now_rfc3339, Cdr, CdrWriter, RecordType};
+use crate::clock::Clock;
+use crate::directory::Directory;
+use crate::originate::{OriginateError, Originator};
+use crate::records::{from_bytes, Event, Next, RecipientState, StoredMessage};
+
+pub use crate::originate::{new_tid, our_capabilities};
+
+pub struct Events {
+    pub store: Arc<dyn Spool>,
+    pub dir: Arc<Directory>,
+    pub clock: Arc<dyn Clock>,
+    pub cdr: Option<Arc<CdrWriter>>,
+    /// Woken by inbound after each commit.
+    pub wake: Arc<Notify>,
+    /// Woken when outbound work was queued.
+    pub outbound_wake: Arc<Notify>,
+    pub originator: Originator,
+    /// Expiry of a received MM without X-Mms-Expiry (for the `Expired` report).
+    pub lifetime: Duration,
+    /// The owner name of this node's claims, and how long they last.
+    pub node: String,
+    pub lease: Duration,
+    /// Most events claimed at once.
+    pub batch: usize,
+}
+
+/// Why an event was not handled.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    /// Try again later (the claim lapses, the event is handled again).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A PDU we owe could not be queued: try again later too.
+    #[error(transparent)]
+    Originate(#[from] OriginateError),
+}
+
+/// What handling one event does: the changes committed with its deletion, and the charging
+/// records written once that commit is durable.
+#[derive(Default)]
+pub struct Effects {
+    pub ops: Vec<Op>,
+    pub cdrs: Vec<Cdr>,
+}
+
+impl Effects {
+    fn queues_work(&self) -> bool {
+        self.ops
+            .iter()
+            .any(|o| matches!(o, Op::SetRecipient { due: Some(_), .. }))
+    }
+}
+
+/// How often an event whose recipients changed under it is handled again in a row.
+const CONFLICT_RETRIES: usize = 5;
+
+impl Events {
+    fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// A charging record of `pdu` (written after the commit).
+    fn cdr(
+        &self,
+        fx: &mut Effects,
+        record_type: RecordType,
+        peer: Option<String>,
+        pdu: &Pdu<'_>,
+        status: Option<String>,
+        size: usize,
+    ) {
+        if self.cdr.is_none() {
+            return;
+        }
+        fx.cdrs.push(Cdr {
+            record_type,
+            time: now_rfc3339(self.now()),
+            local_rs: self.dir.domain.to_string(),
+            peer,
+            originator: pdu.from.as_ref().map(ToString::to_string),
+            recipients: pdu.recipients().map(ToString::to_string).collect(),
+            message_id: pdu.mm_message_id().map(str::to_string),
+            transaction_id: Some(pdu.transaction_id.clone()),
+            size: Some(size),
+            content_types: pdu
+                .body
+                .as_ref()
+                .and_then(|b| b.content_type.clone())
+                .into_iter()
+                .collect(),
+            status,
+        });
+    }
+
+    /// Processes stored events until `shutdown`.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut next_exchange = 0i64;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            if self.now() >= next_exchange {
+                next_exchange = self.now() + 60_000;
+                if let Err(e) = self.exchange_capabilities().await {
+                    tracing::error!(error = %e, "capability exchange not queued; will retry");
+                }
+            }
+            let req = ClaimRequest {
+                owner: &self.node,
+                now: self.now().max(0) as u64,
+                lease: self.lease,
+                limit: self.batch,
+            };
+            match self.store.claim_events(&req).await {
+                Ok(evs) if !evs.is_empty() => {
+                    for ev in evs {
+                        self.process(ev).await;
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "events: store error"),
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Handles one claimed event and commits its effects with its deletion.
+    pub async fn process(&self, ev: ClaimedEvent) {
+        let id = ev.id;
+        let delete = Op::DeleteEvent {
+            id,
+            token: Some(ev.token),
+        };
+        let event = match from_bytes::<Event>("event", &ev.event) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(id, error = %e, "unreadable event deleted");
+                let _ = self.store.commit(vec![delete]).await;
+                return;
+            }
+        };
+        for _ in 0..CONFLICT_RETRIES {
+            let fx = match self.handle(id, event.clone()).await {
+                Ok(fx) => fx,
+                Err(e) => {
+                    tracing::error!(id, error = %e, "event not handled; will retry");
+                    return;
+                }
+            };
+            let queued = fx.queues_work();
+            let mut ops = fx.ops;
+            ops.push(delete.clone());
+            match self.store.commit_all(ops).await {
+                Ok(_) => {
+                    if let Some(w) = &self.cdr {
+                        for c in &fx.cdrs {
+                            w.write(c);
+                        }
+                    }
+                    if queued {
+                        self.outbound_wake.notify_one();
+                    }
+                    return;
+                }
+                // A recipient changed under us (or the claim was lost): read again.
+                Err(StoreError::Conflict) => continue,
+                Err(e) => {
+                    tracing::error!(id, error = %e, "event not processed; will retry");
+                    return;
+                }
+            }
+        }
+        tracing::warn!(id, "event kept conflicting; left for a later pass");
+    }
+
+    /// The changes one event causes (committed together with its deletion).
+    pub async fn handle(&self, id: MsgId, ev: Event) -> Result<Effects, EventError> {
+        let mut fx = Effects::default();
+        let (Some(meta), Some(body)) = (self.store.message(id).await?, self.store.body(id).await?)
+        else {
+            tracing::error!(id, "event for a message that is not stored: deleted");
+            return Ok(fx);
+        };
+        let meta: StoredMessage = from_bytes("message", &meta)?;
+        match ev {
+            Event::ForwardReceived {
+                ack_request,
+                res_in_reply,
+                local,
+                ..
+            } => {
+                self.forward_received(
+                    &mut fx,
+                    id,
+                    &meta,
+                    &body,
+                    ack_request && !res_in_reply,
+                    &local,
+                )
+                .await?
+            }
+            Event::Refused {
+                message_type,
+                transaction_id,
+                status,
+                reason,
+                reply_to,
+            } => match message_type.parse::<MessageType>() {
+                Ok(mt) => {
+                    let status = status.parse().unwrap_or(RequestStatus::ErrorUnspecified);
+                    self.queue_res(
+                        &mut fx,
+                        mt,
+                        &transaction_id,
+                        None,
+                        status,
+                        &reason,
+                        &reply_to,
+                    )?
+                }
+                Err(_) => tracing::warn!(id, %message_type, "refused REQ of unknown type: no RES"),
+            },
+            Event::Pdu { .. } => match mm4::parse(&body) {
+                Ok(pdu) => self.pdu(&mut fx, &meta, &pdu, body.len()).await?,
+                Err(e) => tracing::warn!(id, error = %e, "stored PDU no longer parses"),
+            },
+            Event::Dsn => self.dsn(&mut fx, &body).await?,
+            Event::Bounce => self.plain_bounce(&mut fx, id, &body).await?,
+        }
+        Ok(fx)
+    }
+
+    /// Queues a `.RES` answering a REQ of type `req` to `reply_to` (the REQ's originator system).
+    #[allow(clippy::too_many_arguments)]
+    pub fn queue_res(
+        &self,
+        fx: &mut Effects,
+        req: MessageType,
+        tid: &str,
+        mm_id: Option<&str>,
+        status: RequestStatus,
+        text: &str,
+        reply_to: &str,
+    ) -> Result<(), EventError> {
+        let Some(pdu) = self.originator.res(req, tid, mm_id, status, text, reply_to) else {
+            return Ok(());
+        };
+        match self.originator.queue(&pdu, reply_to, None, None) {
+            Ok((_, ops)) => fx.ops.extend(ops),
+            // Nobody to send it to: configuration, not a passing failure.
+            Err(OriginateError::NoPeer(to)) => {
+                tracing::warn!(%to, pdu = %pdu.message_type(), "no peer serves this address: not sent")
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// Our message a RES or report is about: by transaction id (quoted or not), else MM id.
+    async fn correlate(
+        &self,
+        tid: Option<&str>,
+        mm_id: Option<&str>,
+    ) -> Result<Option<MsgId>, StoreError> {
+        let lookup = |k: String| async move {
+            Ok::<_, StoreError>(
+                self.store
+                    .index(&k)
+                    .await?
+                    .and_then(|b| String::from_utf8(b).ok()?.parse().ok()),
+            )
+        };
+        if let Some(t) = tid {
+            if let Some(id) = lookup(format!("tid:{}", mm4::parse::unquote(t))).await? {
+                return Ok(Some(id));
+            }
+        }
+        match mm_id {
+            Some(m) => lookup(format!("mid:{}", mm4::parse::unquote(m))).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Rewrites the recipients of `id` that `select` picks with `change`, each only over the
+    /// version it was read at.
+    pub async fn update_recipients(
+        &self,
+        id: MsgId,
+        select: impl Fn(&RecipientState) -> bool,
+        change: impl Fn(&mut RecipientState) -> Next,
+    ) -> Result<Vec<Op>, StoreError> {
+        let mut ops = Vec::new();
+        for row in self.store.recipients(id).await? {
+            let mut st: RecipientState = from_bytes("recipient", &row.state)?;
+            if !select(&st) {
+                continue;
+            }
+            let due = match change(&mut st) {
+                Next::Keep => row.due.as_ref().map(|d| d.at),
+                Next::Out => None,
+                Next::At(at) => Some(at),
+            };
+            ops.push(st.op(id, row.idx, due, Guard::Version(row.version)));
+        }
+        Ok(ops)
+    }
+}

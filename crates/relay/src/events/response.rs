@@ -1,0 +1,240 @@
+//! RES, delivery and read reports, capability PDUs addressed to our system mailbox.
+
+use mm4::{Address, Kind, MessageType, MmStatus, Pdu, ReadStatus, RequestStatus};
+use store::{Op, StoreError};
+
+use super::{Effects, EventError, Events};
+use crate::cdr::RecordType;
+use crate::records::{Next, RcptState, StoredMessage};
+
+impl Events {
+    pub(super) async fn pdu(
+        &self,
+        fx: &mut Effects,
+        meta: &StoredMessage,
+        pdu: &Pdu<'_>,
+        size: usize,
+    ) -> Result<(), EventError> {
+        let now = self.now();
+        let peer = meta.peer.clone();
+        match &pdu.kind {
+            Kind::ForwardRes(r) => {
+                self.cdr(
+                    fx,
+                    RecordType::MMO4FRs,
+                    peer,
+                    pdu,
+                    Some(r.status.as_str().into()),
+                    size,
+                );
+                let Some(id) = self
+                    .correlate(Some(&pdu.transaction_id), r.message_id.as_deref())
+                    .await?
+                else {
+                    tracing::info!(tid = %pdu.transaction_id, "MM4_forward.RES matches nothing: dropped");
+                    return Ok(());
+                };
+                let tid = pdu.transaction_id.clone();
+                let evidence = format!(
+                    "MM4_forward.RES {}{}",
+                    r.status,
+                    r.status_text
+                        .as_deref()
+                        .map(|t| format!(": {t}"))
+                        .unwrap_or_default()
+                );
+                let status = r.status;
+                let ops = self
+                    .update_recipients(
+                        id,
+                        |st| st.awaits(&tid),
+                        |st| {
+                            let state = if status == RequestStatus::Ok {
+                                RcptState::Acknowledged
+                            } else {
+                                RcptState::Failed
+                            };
+                            st.conclude(state, status.as_str(), &evidence, now);
+                            Next::Out
+                        },
+                    )
+                    .await?;
+                fx.ops.extend(ops);
+            }
+            Kind::DeliveryReportReq(d) => {
+                self.cdr(
+                    fx,
+                    RecordType::MMO4D,
+                    peer,
+                    pdu,
+                    Some(d.mm_status.as_str().into()),
+                    size,
+                );
+                let ops = self
+                    .report(pdu, Some(d.mm_status), None, &d.message_id, now)
+                    .await?;
+                let unmatched = ops.is_empty();
+                fx.ops.extend(ops);
+                self.answer_report(fx, pdu, MessageType::DeliveryReportReq, unmatched)?;
+            }
+            Kind::ReadReplyReq(r) => {
+                self.cdr(
+                    fx,
+                    RecordType::MMO4R,
+                    peer,
+                    pdu,
+                    Some(r.read_status.as_str().into()),
+                    size,
+                );
+                let ops = self
+                    .report(pdu, None, Some(r.read_status), &r.message_id, now)
+                    .await?;
+                let unmatched = ops.is_empty();
+                fx.ops.extend(ops);
+                self.answer_report(fx, pdu, MessageType::ReadReplyReq, unmatched)?;
+            }
+            Kind::DeliveryReportRes(r) | Kind::ReadReplyRes(r) => {
+                let t = if matches!(pdu.kind, Kind::DeliveryReportRes(_)) {
+                    RecordType::MMR4DRs
+                } else {
+                    RecordType::MMR4RRs
+                };
+                self.cdr(fx, t, peer, pdu, Some(r.status.as_str().into()), size);
+            }
+            Kind::CapabilityReq(_) => {
+                // Answer with what we can do (EXTENSIONS §2).
+                if let Some(a) = pdu.response_address() {
+                    self.queue_res(
+                        fx,
+                        MessageType::CapabilityReq,
+                        &pdu.transaction_id,
+                        None,
+                        RequestStatus::Ok,
+                        "capabilities",
+                        &a.to_string(),
+                    )?;
+                }
+            }
+            Kind::CapabilityRes(r, caps) => {
+                let domain = pdu
+                    .from
+                    .as_ref()
+                    .or(pdu.sender.as_ref())
+                    .and_then(|a| a.domain().cloned());
+                let Some(domain) = domain else {
+                    return Ok(());
+                };
+                let record = serde_json::json!({
+                    "at": now, "status": r.status.as_str(),
+                    "versions": caps.versions.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "max_size": caps.max_size,
+                    "content_classes": caps.content_classes.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+                    "reports": caps.reports.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+                });
+                fx.ops.push(Op::PutCapability {
+                    peer: format!("exchange:{domain}"),
+                    record: record.to_string().into_bytes(),
+                });
+            }
+            Kind::ForwardReq(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Applies a delivery or read report to the recipient it is about.
+    async fn report(
+        &self,
+        pdu: &Pdu<'_>,
+        mm: Option<MmStatus>,
+        read: Option<ReadStatus>,
+        mm_id: &str,
+        now: i64,
+    ) -> Result<Vec<Op>, StoreError> {
+        let Some(id) = self.correlate(None, Some(mm_id)).await? else {
+            tracing::info!(mm_id, "report matches no MM of ours: dropped");
+            return Ok(Vec::new());
+        };
+        let who = pdu.from.as_ref().and_then(|a| a.e164().cloned());
+        let (state, code, what) = match (mm, read) {
+            (Some(MmStatus::Retrieved), _) => {
+                (Some(RcptState::Delivered), "Retrieved", "delivery report")
+            }
+            (Some(MmStatus::Rejected), _) => {
+                (Some(RcptState::Rejected), "Rejected", "delivery report")
+            }
+            (Some(MmStatus::Expired), _) => {
+                (Some(RcptState::Expired), "Expired", "delivery report")
+            }
+            (Some(MmStatus::Unrecognised), _) => {
+                (Some(RcptState::Failed), "Unrecognised", "delivery report")
+            }
+            (Some(s), _) => (None, s.as_str(), "delivery report"),
+            (None, Some(ReadStatus::Read)) => (Some(RcptState::Read), "Read", "read reply"),
+            (None, Some(ReadStatus::DeletedWithoutBeingRead)) => (
+                Some(RcptState::DeletedUnread),
+                "Deleted without being read",
+                "read reply",
+            ),
+            (None, None) => return Ok(Vec::new()),
+        };
+        let detail = format!("{what}: {code}");
+        self.update_recipients(
+            id,
+            |st| {
+                let n = st
+                    .address
+                    .parse::<Address>()
+                    .ok()
+                    .and_then(|a| a.e164().cloned());
+                who.is_some() && n == who
+            },
+            |st| {
+                st.status_code = Some(code.to_string());
+                match state {
+                    Some(s) => {
+                        st.set(s, now, detail.clone());
+                        Next::Out
+                    }
+                    None => {
+                        st.events.push(crate::records::TimelineEvent {
+                            at: now,
+                            event: "report".into(),
+                            detail: detail.clone(),
+                        });
+                        Next::Keep
+                    }
+                }
+            },
+        )
+        .await
+    }
+
+    fn answer_report(
+        &self,
+        fx: &mut Effects,
+        pdu: &Pdu<'_>,
+        req: MessageType,
+        unmatched: bool,
+    ) -> Result<(), EventError> {
+        if !pdu.ack_requested() {
+            return Ok(());
+        }
+        let Some(to) = pdu.response_address().map(ToString::to_string) else {
+            return Ok(());
+        };
+        let (status, text) = if unmatched {
+            (RequestStatus::ErrorMessageNotFound, "no such MM here")
+        } else {
+            (RequestStatus::Ok, "Report accepted")
+        };
+        self.queue_res(
+            fx,
+            req,
+            &pdu.transaction_id,
+            pdu.mm_message_id(),
+            status,
+            text,
+            &to,
+        )
+    }
+}

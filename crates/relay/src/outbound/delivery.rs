@@ -1,0 +1,248 @@
+//! One group of claimed recipients (one message, one peer, one transaction id) from claim to
+//! committed result. Every write is guarded by the claim: a RES, report or operator action that
+//! landed meanwhile wins, and a claim that expired and was taken over cannot be undone by its
+//! late first owner. Charging records are written after the commit, for what it applied.
+
+use store::{Guard, MsgId, OpResult, StoreError};
+
+use super::policy::{apply_with_ack, expire, Attempt};
+use super::Outbound;
+use crate::records::{from_bytes, RcptState, RecipientState, StoredMessage};
+
+/// A claimed recipient.
+pub struct Member {
+    pub idx: u32,
+    pub st: RecipientState,
+    /// The guard of the write that finishes the claim.
+    pub guard: Guard,
+}
+
+/// Claimed recipients of one message that go in one transaction.
+pub struct Group {
+    pub id: MsgId,
+    pub peer: Option<String>,
+    pub members: Vec<Member>,
+}
+
+/// A recipient's new state and next due time, ready to commit under its claim.
+struct Outcome {
+    member: Member,
+    due: Option<u64>,
+}
+
+impl Outbound {
+    /// Writes results, each under its claim; which ones were applied.
+    async fn commit_outcomes(
+        &self,
+        id: MsgId,
+        outcomes: &[Outcome],
+    ) -> Result<Vec<bool>, StoreError> {
+        let ops = outcomes
+            .iter()
+            .map(|o| o.member.st.op(id, o.member.idx, o.due, o.member.guard))
+            .collect();
+        let results = self.store.commit(ops).await?;
+        Ok(results
+            .into_iter()
+            .map(|r| r != OpResult::Conflict)
+            .collect())
+    }
+
+    /// One transaction for a group, and its results written back.
+    pub(super) async fn deliver(&self, g: Group) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        let meta: Option<StoredMessage> = match self.store.message(g.id).await? {
+            Some(b) => Some(from_bytes("message", &b)?),
+            None => None,
+        };
+        let Some(meta) = meta else {
+            // Recipients without their message: nothing can ever be sent; say so on them.
+            let outcomes = g
+                .members
+                .into_iter()
+                .map(|mut m| {
+                    m.st.conclude(
+                        RcptState::Failed,
+                        mm4::RequestStatus::ErrorUnspecified.as_str(),
+                        "the stored message is missing",
+                        now,
+                    );
+                    Outcome {
+                        member: m,
+                        due: None,
+                    }
+                })
+                .collect::<Vec<_>>();
+            self.commit_outcomes(g.id, &outcomes).await?;
+            return Ok(());
+        };
+
+        // Expired while queued: no attempt.
+        if meta.expires_at.is_some_and(|e| now >= e) {
+            let outcomes = g
+                .members
+                .into_iter()
+                .map(|mut m| {
+                    expire(&mut m.st, now, "not delivered before expiry");
+                    Outcome {
+                        member: m,
+                        due: None,
+                    }
+                })
+                .collect::<Vec<_>>();
+            self.commit_outcomes(g.id, &outcomes).await?;
+            return Ok(());
+        }
+
+        // Forwarded recipients that are due again waited in vain for their RES: the same REQ
+        // goes again (same ids; the peer de-duplicates), up to the limit, then Indeterminate.
+        let mut g = g;
+        let mut finished = Vec::new();
+        let mut sending = Vec::new();
+        for mut m in std::mem::take(&mut g.members) {
+            if m.st.state != RcptState::Forwarded {
+                sending.push(m);
+                continue;
+            }
+            if m.st.resends < self.cfg.ack_resends {
+                m.st.resends += 1;
+                let n = m.st.resends;
+                m.st.set(
+                    RcptState::Queued,
+                    now,
+                    format!("no RES within the ack timeout: re-send {n}"),
+                );
+                sending.push(m);
+                continue;
+            }
+            m.st.status_code = Some(mm4::MmStatus::Indeterminate.as_str().into());
+            m.st.status_text = Some("no RES after the last re-send".into());
+            m.st.set(
+                RcptState::Failed,
+                now,
+                "no RES after the last re-send: Indeterminate",
+            );
+            finished.push(Outcome {
+                member: m,
+                due: None,
+            });
+        }
+        if !finished.is_empty() {
+            self.commit_outcomes(g.id, &finished).await?;
+        }
+        if sending.is_empty() {
+            return Ok(());
+        }
+        g.members = sending;
+        let results = self.attempt(&g, &meta).await;
+        self.record(g, &meta, results).await
+    }
+
+    /// Applies the transaction's results, commits them, then counts and charges what landed.
+    async fn record(
+        &self,
+        g: Group,
+        meta: &StoredMessage,
+        results: super::transaction::Results,
+    ) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        let gid = g.id;
+        let key = move |idx: u32| gid.wrapping_mul(1_000_003) ^ idx as u64;
+        let mut outcomes = Vec::with_capacity(g.members.len());
+        let mut attempts = Vec::with_capacity(g.members.len());
+        for (mut m, (attempt, peer, waits_ack)) in g.members.into_iter().zip(results) {
+            if m.st.peer.is_none() {
+                m.st.peer = peer;
+            }
+            let wait = waits_ack.then_some(self.cfg.ack_timeout);
+            let due = apply_with_ack(
+                &mut m.st,
+                &attempt,
+                now,
+                meta.expires_at,
+                self.cfg.retry,
+                key(m.idx),
+                wait,
+            );
+            attempts.push(attempt);
+            outcomes.push(Outcome { member: m, due });
+        }
+        let applied = self.commit_outcomes(gid, &outcomes).await?;
+        let mut sent_to = Vec::new();
+        for ((o, attempt), applied) in outcomes.iter().zip(&attempts).zip(applied) {
+            let st = &o.member.st;
+            let peer = st.peer.as_deref().unwrap_or("-");
+            if let Attempt::Retry { evidence } = attempt {
+                self.note_error(peer, now, evidence);
+            }
+            let result = match attempt {
+                Attempt::Accepted { .. } => "Ok",
+                Attempt::Retry { .. } => "retry",
+                Attempt::Fail { status, .. } => status.as_str(),
+            };
+            self.metrics.inc(
+                "mmsrelay_messages_out_total",
+                &[("peer", peer), ("result", result)],
+            );
+            if !applied {
+                tracing::info!(
+                    id = gid,
+                    idx = o.member.idx,
+                    "delivery result superseded meanwhile"
+                );
+                continue;
+            }
+            if matches!(attempt, Attempt::Accepted { .. }) {
+                // Charged once per REQ: a re-send after a lost RES is the same REQ.
+                if st.resends == 0 {
+                    sent_to.push(st.address.clone());
+                }
+                self.metrics
+                    .observe_latency((now - meta.received_at).max(0) as f64 / 1000.0);
+            }
+        }
+        if !sent_to.is_empty() && meta.originated {
+            let first = &outcomes[0].member.st;
+            self.cdr_sent(meta, first.peer.clone(), first.tid.clone(), sent_to, now);
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// The charging record of a REQ we sent that the next hop accepted (after its commit).
+    fn cdr_sent(
+        &self,
+        meta: &StoredMessage,
+        peer: Option<String>,
+        tid: Option<String>,
+        rcpts: Vec<String>,
+        now: i64,
+    ) {
+        use crate::cdr::{Cdr, RecordType};
+        let Some(w) = &self.cdr else { return };
+        let record_type = match &meta.kind {
+            crate::records::MessageKind::Mm4 { message_type } => {
+                match message_type.parse::<mm4::MessageType>() {
+                    Ok(mm4::MessageType::ForwardReq) => RecordType::MMO4FRq,
+                    Ok(mm4::MessageType::DeliveryReportReq) => RecordType::MMR4DRq,
+                    Ok(mm4::MessageType::ReadReplyReq) => RecordType::MMR4RRq,
+                    _ => return,
+                }
+            }
+            _ => return,
+        };
+        w.write(&Cdr {
+            record_type,
+            time: crate::cdr::now_rfc3339(now),
+            local_rs: self.cfg.our_domain.to_string(),
+            peer,
+            originator: meta.from.clone(),
+            recipients: rcpts,
+            message_id: meta.mm_message_id.clone(),
+            transaction_id: tid,
+            size: Some(meta.size),
+            content_types: Vec::new(),
+            status: None,
+        });
+    }
+}

@@ -1,0 +1,144 @@
+//! Delivery: what is due is claimed from the store, sent in one SMTP transaction per message
+//! and peer, and its result written back under the claim.
+//!
+//! - [`policy`]: what an attempt's result means for a recipient (pure: retry, expiry, ack wait);
+//! - [`scheduler`]: claims due work per peer queue within the in-flight limits, renews claims;
+//! - [`delivery`]: one group of recipients from claim to committed result;
+//! - [`transaction`]: routing, the envelope, the SMTP transaction over the peer's next hops;
+//! - [`render`]: the bytes a peer gets (a transit forward as received, ours in its profile);
+//! - [`pool`]: idle connections per peer, checked before reuse and closed when stale.
+
+pub mod delivery;
+pub mod policy;
+pub mod pool;
+pub mod render;
+pub mod scheduler;
+pub mod transaction;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mm4::Domain;
+use smtp::client::Capabilities;
+use smtp::client_driver::ClientConfig;
+use store::Spool;
+use tokio::sync::{Notify, Semaphore};
+
+pub use crate::clock::{Clock, ManualClock, SystemClock};
+pub use policy::{apply, apply_with_ack, backoff, expire, Attempt, RetryPolicy};
+pub use transaction::{qualify, qualify_onwards};
+
+use crate::routing::Router;
+
+/// What the delivery engine needs to know.
+#[derive(Clone)]
+pub struct OutboundConfig {
+    pub retry: RetryPolicy,
+    pub bounce_address: String,
+    /// Envelope sender of the reports we send (SPEC §5).
+    pub system_address: String,
+    /// How long a forward we originated waits for its RES, and how often it is re-sent.
+    pub ack_timeout: Duration,
+    pub ack_resends: u32,
+    pub client: ClientConfig,
+    pub our_domain: Domain,
+    /// The owner name of this node's claims.
+    pub node: String,
+    /// How long a claim lasts without renewal (renewed every third of it).
+    pub lease: Duration,
+    /// Recipients being delivered at once, in all.
+    pub max_in_flight: usize,
+    /// Recipients being delivered at once to one peer: a stalled peer holds no more than this.
+    pub max_in_flight_per_peer: usize,
+    /// An idle pooled connection older than this is closed rather than reused.
+    pub pool_idle: Duration,
+}
+
+impl OutboundConfig {
+    /// The limits' defaults (what the configuration file's defaults are too).
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+    pub const DEFAULT_MAX_IN_FLIGHT: usize = 512;
+    pub const DEFAULT_MAX_IN_FLIGHT_PER_PEER: usize = 128;
+    pub const DEFAULT_POOL_IDLE: Duration = Duration::from_secs(30);
+}
+
+/// The EHLO record of a peer, time-stamped (capability negotiation, direct model).
+#[derive(Debug, Clone)]
+pub struct SeenCapabilities {
+    pub at: i64,
+    pub host: SocketAddr,
+    pub caps: Capabilities,
+    pub tls: bool,
+}
+
+pub struct Outbound {
+    pub store: Arc<dyn Spool>,
+    pub router: Arc<Router>,
+    pub clock: Arc<dyn Clock>,
+    pub cfg: OutboundConfig,
+    /// Wakes the scheduler (new work).
+    pub wake: Arc<Notify>,
+    /// Recipients in flight per queue (this node's claims being worked on).
+    in_flight: Mutex<HashMap<String, usize>>,
+    semaphores: HashMap<String, Arc<Semaphore>>,
+    pool: pool::Pool,
+    pub capabilities: Mutex<HashMap<String, SeenCapabilities>>,
+    /// The last transient failure per peer (time, evidence), for `GET /v1/peers`.
+    pub last_error: Mutex<HashMap<String, (i64, String)>>,
+    pub cdr: Option<Arc<crate::cdr::CdrWriter>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Outbound {
+    pub fn new(
+        store: Arc<dyn Spool>,
+        router: Arc<Router>,
+        clock: Arc<dyn Clock>,
+        cfg: OutboundConfig,
+    ) -> Arc<Self> {
+        Self::with_cdr(store, router, clock, cfg, None)
+    }
+
+    pub fn with_cdr(
+        store: Arc<dyn Spool>,
+        router: Arc<Router>,
+        clock: Arc<dyn Clock>,
+        cfg: OutboundConfig,
+        cdr: Option<Arc<crate::cdr::CdrWriter>>,
+    ) -> Arc<Self> {
+        let semaphores = router
+            .dir
+            .peers
+            .iter()
+            .map(|p| {
+                (
+                    p.cfg.name.clone(),
+                    Arc::new(Semaphore::new(p.cfg.max_connections)),
+                )
+            })
+            .collect();
+        let pool = pool::Pool::new(cfg.pool_idle);
+        Arc::new(Outbound {
+            store,
+            router,
+            clock,
+            cfg,
+            wake: Arc::new(Notify::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            semaphores,
+            pool,
+            capabilities: Mutex::new(HashMap::new()),
+            last_error: Mutex::new(HashMap::new()),
+            cdr,
+            metrics: Arc::new(crate::metrics::Metrics::default()),
+        })
+    }
+
+    /// Notes a transient failure towards `peer` for `GET /v1/peers`.
+    fn note_error(&self, peer: &str, at: i64, evidence: &str) {
+        let mut le = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
+        le.insert(peer.to_string(), (at, evidence.to_string()));
+    }
+}

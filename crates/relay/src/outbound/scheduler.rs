@@ -1,0 +1,186 @@
+//! The scheduler: claims due recipients per peer queue — never more than a peer's share of the
+//! in-flight limit, so a stalled peer cannot hold up the others — groups them into
+//! transactions and runs each as a task; renews this node's claims while they run.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use store::{ClaimRequest, Claimed, StoreError};
+use tokio::sync::watch;
+
+use super::delivery::{Group, Member};
+use super::Outbound;
+use crate::records::{from_bytes, RecipientState, UNROUTED};
+
+/// Releases a task's share of the in-flight count when the task ends, however it ends.
+struct InFlight {
+    out: Arc<Outbound>,
+    queue: String,
+    n: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut f = self.out.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = f.get_mut(&self.queue) {
+            *c = c.saturating_sub(self.n);
+        }
+    }
+}
+
+impl Outbound {
+    /// Delivers what is due until `shutdown`.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut next_renew = 0i64;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let now = self.clock.now_ms();
+            if now >= next_renew {
+                next_renew = now + (self.cfg.lease.as_millis() as i64 / 3).max(1);
+                if let Err(e) = self
+                    .store
+                    .renew(&self.cfg.node, now.max(0) as u64, self.cfg.lease)
+                    .await
+                {
+                    tracing::error!(error = %e, "scheduler: claims not renewed");
+                }
+            }
+            let next = match self.dispatch(&mut tasks).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(error = %e, "scheduler: store error");
+                    Some(self.clock.now_ms() + 1000)
+                }
+            };
+            let wait = next
+                .map(|t| (t - self.clock.now_ms()).clamp(10, 1000) as u64)
+                .unwrap_or(1000);
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                _ = shutdown.changed() => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        // Deliveries under way get a moment to finish; one stuck (a slow DNS server, a peer
+        // that stalls) is abandoned: its claim lapses and its recipients are due again.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        tasks.shutdown().await;
+        for c in self.pool.drain() {
+            c.quit().await;
+        }
+    }
+
+    /// How many more recipients of `queue` may be claimed now.
+    fn room(&self, queue: &str) -> usize {
+        let f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let total: usize = f.values().sum();
+        let mine = f.get(queue).copied().unwrap_or(0);
+        self.cfg
+            .max_in_flight
+            .saturating_sub(total)
+            .min(self.cfg.max_in_flight_per_peer.saturating_sub(mine))
+    }
+
+    /// Claims and starts what is due in every queue; returns the next due time seen.
+    async fn dispatch(
+        self: &Arc<Self>,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) -> Result<Option<i64>, StoreError> {
+        let now = self.clock.now_ms();
+        let mut next: Option<i64> = None;
+        for q in self.store.queues().await? {
+            let Some(at) = q.next_due else { continue };
+            if at as i64 > now {
+                next = Some(next.map_or(at as i64, |n| n.min(at as i64)));
+                continue;
+            }
+            let room = self.room(&q.queue);
+            if room == 0 {
+                // Full: a finishing task wakes us.
+                continue;
+            }
+            let req = ClaimRequest {
+                owner: &self.cfg.node,
+                now: now.max(0) as u64,
+                lease: self.cfg.lease,
+                limit: room,
+            };
+            let claimed = self.store.claim_due(&q.queue, &req).await?;
+            if claimed.len() == room {
+                // Maybe more is due: look again soon.
+                next = Some(now);
+            }
+            for g in groups(&q.queue, claimed)? {
+                self.spawn(tasks, &q.queue, g);
+            }
+        }
+        Ok(next)
+    }
+
+    fn spawn(self: &Arc<Self>, tasks: &mut tokio::task::JoinSet<()>, queue: &str, g: Group) {
+        let n = g.members.len();
+        {
+            let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            *f.entry(queue.to_string()).or_default() += n;
+        }
+        let guard = InFlight {
+            out: self.clone(),
+            queue: queue.to_string(),
+            n,
+        };
+        let me = self.clone();
+        tasks.spawn(async move {
+            let _guard = guard;
+            let id = g.id;
+            if let Err(e) = me.deliver(g).await {
+                // The claim lapses and the work is due again.
+                tracing::error!(error = %e, id, "delivery: store error");
+            }
+        });
+    }
+}
+
+/// Claimed recipients grouped into transactions: one per message and transaction id (one REQ
+/// per recipient MMSE). Unrouted recipients go one by one: each is routed by its own address.
+fn groups(queue: &str, claimed: Vec<Claimed>) -> Result<Vec<Group>, StoreError> {
+    let mut by_key: HashMap<(u64, Option<String>, Option<u32>), Group> = HashMap::new();
+    let mut order = Vec::new();
+    for c in claimed {
+        let st: RecipientState = from_bytes("recipient", &c.row.state)?;
+        let one_by_one = (queue == UNROUTED).then_some(c.row.idx);
+        let key = (c.id, st.tid.clone(), one_by_one);
+        let guard = c.guard();
+        let member = Member {
+            idx: c.row.idx,
+            st,
+            guard,
+        };
+        match by_key.get_mut(&key) {
+            Some(g) => g.members.push(member),
+            None => {
+                order.push(key.clone());
+                let peer = (queue != UNROUTED).then(|| queue.to_string());
+                by_key.insert(
+                    key,
+                    Group {
+                        id: c.id,
+                        peer,
+                        members: vec![member],
+                    },
+                );
+            }
+        }
+    }
+    Ok(order
+        .into_iter()
+        .filter_map(|k| by_key.remove(&k))
+        .collect())
+}

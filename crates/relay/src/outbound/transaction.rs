@@ -1,0 +1,354 @@
+//! One SMTP transaction for a group: route (when the peer is not known yet), render for the
+//! peer, check the bilateral size limit, then try the peer's next hops in order.
+
+use std::net::SocketAddr;
+
+use mm4::{Domain, RequestStatus};
+use smtp::client::{OutEnvelope, OutRcpt, PlanError};
+use smtp::client_driver::{Connection, SessionError};
+
+use super::delivery::Group;
+use super::policy::Attempt;
+use super::render::{render, Rendered};
+use super::{Outbound, SeenCapabilities};
+use crate::directory::Peer;
+use crate::records::StoredMessage;
+use crate::routing::Route;
+
+/// One result per recipient of the group, in order: the attempt, the peer it went to, and
+/// whether it now waits for a RES.
+pub type Results = Vec<(Attempt, Option<String>, bool)>;
+
+impl Outbound {
+    /// The peer of a group and its domain (routing again when it was not known at submission:
+    /// DNS failed then). Unrouted groups hold one recipient each, routed by its own address.
+    async fn peer_of(&self, g: &Group) -> Result<(usize, Domain), Attempt> {
+        let dir = &self.router.dir;
+        if let Some(p) = g.peer.as_deref().and_then(|p| dir.peer_by_name(p)) {
+            return match dir.peers[p].domains.first() {
+                Some(d) => Ok((p, d.clone())),
+                None => Err(Attempt::Fail {
+                    status: RequestStatus::ErrorSendingAddressUnresolved,
+                    evidence: "peer has no domain".into(),
+                }),
+            };
+        }
+        let Ok(addr) = g.members[0].st.address.parse::<mm4::Address>() else {
+            return Err(Attempt::Fail {
+                status: RequestStatus::ErrorSendingAddressUnresolved,
+                evidence: "not an MMS address".into(),
+            });
+        };
+        match self.router.route(&addr).await {
+            Ok(Route::Peer { peer, domain, .. }) => Ok((peer, domain)),
+            Ok(_) => Err(Attempt::Fail {
+                status: RequestStatus::ErrorSendingAddressUnresolved,
+                evidence: "no route to the recipient's MMSE".into(),
+            }),
+            Err(e) => Err(Attempt::Retry {
+                evidence: e.to_string(),
+            }),
+        }
+    }
+
+    /// Routes (if needed), builds the message for the peer and runs the transaction.
+    pub(super) async fn attempt(&self, g: &Group, meta: &StoredMessage) -> Results {
+        let n = g.members.len();
+        let (peer_idx, domain) = match self.peer_of(g).await {
+            Ok(x) => x,
+            Err(a) => return vec![(a, g.peer.clone(), false); n],
+        };
+        let peer = &self.router.dir.peers[peer_idx];
+        let peer_name = Some(peer.cfg.name.clone());
+        let with_peer = |a: Attempt| vec![(a, peer_name.clone(), false); n];
+        let rendered = match self.prepare(g, meta, peer).await {
+            Ok(r) => r,
+            Err(a) => return with_peer(a),
+        };
+        // SPEC §5: a forward from our bounce address (every bounce must reach the relay), a
+        // RES from <> (no bounce loops), a report from our system mailbox.
+        let mt = rendered.message_type;
+        let mail_from = match mt {
+            mm4::MessageType::ForwardReq => self.cfg.bounce_address.clone(),
+            m if m.is_response() => String::new(),
+            _ => self.cfg.system_address.clone(),
+        };
+        let is_forward = mt == mm4::MessageType::ForwardReq;
+        // We wait for the RES of forwards we originated (a transit forward's RES goes to its
+        // originator, not to us). Only the originator may take the RES in the reply: a transit
+        // hop asking for it would swallow the RES that belongs to the originator R/S.
+        let waits_ack = is_forward && rendered.ack && meta.originated;
+        let tid = g.members[0].st.tid.clone().or(meta.transaction_id.clone());
+        let env = OutEnvelope {
+            mail_from,
+            envid: tid,
+            ret_hdrs: true,
+            xmm4_sync: waits_ack,
+            rcpts: g
+                .members
+                .iter()
+                .map(|m| {
+                    let a = qualify_onwards(&m.st.address, &domain, &self.cfg.our_domain);
+                    OutRcpt {
+                        address: a.clone(),
+                        orcpt: Some(a),
+                        notify: smtp::server::notify::FAILURE | smtp::server::notify::DELAY,
+                    }
+                })
+                .collect(),
+        };
+        let hops = match self.router.next_hops(peer_idx, &domain).await {
+            Ok(h) if !h.is_empty() => h,
+            Ok(_) => {
+                return with_peer(Attempt::Retry {
+                    evidence: format!("no next hop for {domain}"),
+                })
+            }
+            Err(e) => {
+                return with_peer(Attempt::Retry {
+                    evidence: e.to_string(),
+                })
+            }
+        };
+        let sem = self.semaphores.get(&peer.cfg.name).cloned();
+        let _permit = match &sem {
+            Some(s) => s.clone().acquire_owned().await.ok(),
+            None => None,
+        };
+        let mut last = Attempt::Retry {
+            evidence: "no next hop answered".into(),
+        };
+        for hop in hops {
+            match self.send_via(peer, hop, &env, &rendered.bytes).await {
+                Ok(results) => {
+                    return results
+                        .into_iter()
+                        .map(|a| {
+                            let wait = waits_ack
+                                && matches!(
+                                    a,
+                                    Attempt::Accepted {
+                                        acknowledged: false,
+                                        ..
+                                    }
+                                );
+                            (a, peer_name.clone(), wait)
+                        })
+                        .collect();
+                }
+                Err(a @ Attempt::Fail { .. }) => return with_peer(a),
+                Err(a) => {
+                    tracing::info!(peer = %peer.cfg.name, %hop, attempt = ?a, "next hop failed");
+                    last = a;
+                }
+            }
+        }
+        with_peer(last)
+    }
+
+    /// The body rendered for the peer, within its size limit.
+    async fn prepare(
+        &self,
+        g: &Group,
+        meta: &StoredMessage,
+        peer: &Peer,
+    ) -> Result<Rendered, Attempt> {
+        let body = match self.store.body(g.id).await {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                return Err(Attempt::Fail {
+                    status: RequestStatus::ErrorUnspecified,
+                    evidence: "the stored message has no body".into(),
+                })
+            }
+            Err(e) => {
+                return Err(Attempt::Retry {
+                    evidence: e.to_string(),
+                })
+            }
+        };
+        let ehlo = self.seen(&peer.cfg.name);
+        let profile = crate::profile::effective(&*self.store, peer, ehlo.as_ref())
+            .await
+            .map_err(|e| Attempt::Retry {
+                evidence: e.to_string(),
+            })?;
+        let tid = g.members[0].st.tid.clone().or(meta.transaction_id.clone());
+        let rendered =
+            render(&body, meta, peer, tid.as_deref(), profile.version.0).map_err(|e| {
+                Attempt::Fail {
+                    status: RequestStatus::ErrorMessageFormatCorrupt,
+                    evidence: e,
+                }
+            })?;
+        // The bilateral size limit: refused before anything is sent.
+        if let Some(limit) = peer.cfg.max_message_size {
+            if rendered.bytes.len() > limit {
+                return Err(Attempt::Fail {
+                    status: RequestStatus::ErrorContentNotAccepted,
+                    evidence: format!(
+                        "{} octets exceed {}'s limit of {limit}",
+                        rendered.bytes.len(),
+                        peer.cfg.name
+                    ),
+                });
+            }
+        }
+        Ok(rendered)
+    }
+
+    /// The transaction over one next hop: a pooled connection when a live one is idle (and a
+    /// fresh one at once if that one turns out dead), else a new one.
+    async fn send_via(
+        &self,
+        peer: &Peer,
+        hop: SocketAddr,
+        env: &OutEnvelope,
+        bytes: &[u8],
+    ) -> Result<Vec<Attempt>, Attempt> {
+        let name = &peer.cfg.name;
+        if let Some(conn) = self.pool.take(name, hop, self.clock.now_ms()) {
+            match self.transact(peer, conn, env, bytes).await {
+                // The peer dropped an idle connection between our check and our command:
+                // nothing was accepted, so a new connection carries the transaction now.
+                Err(Attempt::Retry { evidence }) => {
+                    tracing::debug!(peer = %name, %hop, %evidence, "pooled connection failed; reconnecting")
+                }
+                other => return other,
+            }
+        }
+        let conn = self
+            .connect(name, hop, peer.cfg.tls)
+            .await
+            .map_err(|e| Attempt::from_session(&e))?;
+        self.transact(peer, conn, env, bytes).await
+    }
+
+    /// Sends on `conn` and gives it back to the pool when it can carry another transaction.
+    async fn transact(
+        &self,
+        peer: &Peer,
+        mut conn: Connection,
+        env: &OutEnvelope,
+        bytes: &[u8],
+    ) -> Result<Vec<Attempt>, Attempt> {
+        let mut sent = conn.send(env, bytes).await;
+        if let Ok(Err(PlanError::NeedsDowngrade)) = sent {
+            // No 8BITMIME at the next hop: 8-bit parts go as base64 (RFC 6152 §3).
+            match mm4::mime::downgrade_8bit(bytes) {
+                Ok(seven) => sent = conn.send(env, &seven).await,
+                Err(e) => {
+                    self.release(peer, conn);
+                    return Err(Attempt::Fail {
+                        status: RequestStatus::ErrorContentNotAccepted,
+                        evidence: format!(
+                            "next hop lacks 8BITMIME and the message cannot be made 7-bit: {e}"
+                        ),
+                    });
+                }
+            }
+        }
+        match sent {
+            Ok(Ok(results)) => {
+                self.release(peer, conn);
+                Ok(results.iter().map(Attempt::from_result).collect())
+            }
+            Ok(Err(PlanError::TooBig { size, limit })) => {
+                self.release(peer, conn);
+                Err(Attempt::Fail {
+                    status: RequestStatus::ErrorContentNotAccepted,
+                    evidence: format!("{size} octets exceed the server's SIZE {limit} (not sent)"),
+                })
+            }
+            Ok(Err(e)) => {
+                self.release(peer, conn);
+                Err(Attempt::Fail {
+                    status: RequestStatus::ErrorContentNotAccepted,
+                    evidence: e.to_string(),
+                })
+            }
+            // The connection broke mid-transaction: the next host, else later.
+            Err(e) => Err(Attempt::Retry {
+                evidence: e.to_string(),
+            }),
+        }
+    }
+
+    fn release(&self, peer: &Peer, conn: Connection) {
+        self.pool.put(
+            &peer.cfg.name,
+            conn,
+            peer.cfg.max_connections,
+            self.clock.now_ms(),
+        );
+    }
+
+    /// The EHLO record of a peer, if we have connected.
+    pub fn seen(&self, peer: &str) -> Option<SeenCapabilities> {
+        let caps = self.capabilities.lock().unwrap_or_else(|e| e.into_inner());
+        caps.get(peer).cloned()
+    }
+
+    async fn connect(
+        &self,
+        peer: &str,
+        hop: SocketAddr,
+        tls: crate::config::TlsPolicy,
+    ) -> Result<Connection, SessionError> {
+        let mut cfg = self.cfg.client.clone();
+        cfg.tls = match tls {
+            crate::config::TlsPolicy::None => smtp::client_driver::TlsMode::None,
+            crate::config::TlsPolicy::Opportunistic => smtp::client_driver::TlsMode::Opportunistic,
+            crate::config::TlsPolicy::Required => smtp::client_driver::TlsMode::Required,
+        };
+        let c = Connection::open(hop, &cfg).await?;
+        let mut caps = self.capabilities.lock().unwrap_or_else(|e| e.into_inner());
+        caps.insert(
+            peer.to_string(),
+            SeenCapabilities {
+                at: self.clock.now_ms(),
+                host: hop,
+                caps: c.caps.clone(),
+                tls: c.tls,
+            },
+        );
+        Ok(c)
+    }
+}
+
+/// The envelope form of a recipient at `domain` (PLMN addresses without a domain get it).
+pub fn qualify(address: &str, domain: &Domain) -> String {
+    match address.parse::<mm4::Address>() {
+        Ok(a) if a.domain().is_none() => a
+            .envelope(Some(domain))
+            .unwrap_or_else(|_| address.to_string()),
+        _ => address.to_string(),
+    }
+}
+
+/// [`qualify`] for a hop onwards: an address handed to us at our own domain (we are a hub)
+/// goes on at the next MMSE's domain.
+pub fn qualify_onwards(address: &str, domain: &Domain, ours: &Domain) -> String {
+    match address.parse::<mm4::Address>() {
+        Ok(a) if a.domain() == Some(ours) && a.e164().is_some() => a
+            .without_domain()
+            .envelope(Some(domain))
+            .unwrap_or_else(|_| address.to_string()),
+        _ => qualify(address, domain),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qualify_adds_the_peer_domain() {
+        let d: Domain = "mms.mnc002.mcc262.gprs".parse().unwrap();
+        assert_eq!(
+            qualify("+491721234567/TYPE=PLMN", &d),
+            "+491721234567/TYPE=PLMN@mms.mnc002.mcc262.gprs"
+        );
+        assert_eq!(qualify("a@b.c", &d), "a@b.c");
+    }
+}

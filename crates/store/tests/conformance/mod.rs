@@ -1,0 +1,613 @@
+//! The store's contract as tests, run against every backend: commit atomicity and durability,
+//! guards (compare and set, leases), claims with expiry and fencing, due order per queue,
+//! de-duplication, events, named jobs, summaries, reopening.
+//!
+//! A backend's test file implements [`Backend`] and calls [`run_all`]; each check starts from
+//! an empty store.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use store::*;
+
+/// How the battery gets stores of one backend.
+pub trait Backend: Sync {
+    /// A new, empty store.
+    fn fresh(&self) -> Arc<dyn Spool>;
+    /// The same store opened again (after `s` was dropped), as after a crash and restart.
+    fn reopen(&self, s: Arc<dyn Spool>) -> Arc<dyn Spool>;
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+fn req(owner: &str, now: u64, limit: usize) -> ClaimRequest<'_> {
+    ClaimRequest {
+        owner,
+        now,
+        lease: LEASE,
+        limit,
+    }
+}
+
+fn set(id: MsgId, idx: u32, state: &str, due: Option<(u64, &str)>, guard: Guard) -> Op {
+    Op::SetRecipient {
+        id,
+        idx,
+        state: state.as_bytes().to_vec(),
+        due: due.map(|(at, q)| DueAt::new(at, q)),
+        guard,
+    }
+}
+
+fn put(id: MsgId) -> Op {
+    Op::PutMessage {
+        id,
+        meta: format!("meta{id}").into_bytes(),
+        body: format!("body{id}").into_bytes(),
+    }
+}
+
+async fn one(s: &dyn Spool, op: Op) -> OpResult {
+    s.commit(vec![op]).await.unwrap()[0]
+}
+
+/// One test per check of the battery for a backend: `battery!(|| backend);`.
+#[macro_export]
+macro_rules! battery {
+    ($backend:expr) => {
+        $crate::battery!(@each $backend; commit_is_atomic_and_survives_reopening, the_store_moves_the_due_entry_and_counts_queues, compare_and_set_by_version, claims_follow_due_order_per_queue_and_exclude_each_other, a_finished_claim_is_not_handed_out_again, an_expired_claim_is_taken_over_and_the_late_owner_is_refused, a_write_by_someone_else_ends_the_claim, renewing_keeps_a_claim, events_are_claimed_and_deleted_by_their_owner_only, all_or_nothing_applies_nothing_on_a_conflict, dedupe_files_once, named_jobs_have_one_owner, concurrent_claimers_never_share_work, concurrent_commits_share_syncs);
+    };
+    (@each $backend:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let b = $backend;
+                conformance::$name(&b).await;
+            }
+        )*
+    };
+}
+
+pub async fn commit_is_atomic_and_survives_reopening(b: &dyn Backend) {
+    let s = b.fresh();
+    let id = s.next_id();
+    let r = s
+        .commit(vec![
+            put(id),
+            set(id, 0, "queued", Some((100, "peer-b")), Guard::None),
+            Op::PutEvent {
+                id,
+                event: b"e".to_vec(),
+            },
+            Op::PutIndex {
+                key: "tid:T1".into(),
+                value: b"1".to_vec(),
+            },
+            Op::PutCapability {
+                peer: "seen:x".into(),
+                record: b"c".to_vec(),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(r, vec![OpResult::Done; 5]);
+    let s = b.reopen(s);
+    assert_eq!(
+        s.message(id).await.unwrap(),
+        Some(format!("meta{id}").into_bytes())
+    );
+    assert_eq!(
+        s.body(id).await.unwrap(),
+        Some(format!("body{id}").into_bytes())
+    );
+    let rows = s.recipients(id).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].state, b"queued");
+    assert_eq!(rows[0].due, Some(DueAt::new(100, "peer-b")));
+    assert_eq!(s.index("tid:T1").await.unwrap(), Some(b"1".to_vec()));
+    assert_eq!(s.capability("seen:x").await.unwrap(), Some(b"c".to_vec()));
+    let evs = s.claim_events(&req("a", 0, 10)).await.unwrap();
+    assert_eq!(evs.len(), 1);
+    assert!(s.next_id() > id, "ids keep growing after a restart");
+    assert_eq!(
+        s.queues().await.unwrap(),
+        vec![QueueSummary {
+            queue: "peer-b".into(),
+            depth: 1,
+            next_due: Some(100)
+        }],
+        "queue depths are right after a restart"
+    );
+    s.commit(vec![Op::DeleteIndex {
+        key: "tid:T1".into(),
+    }])
+    .await
+    .unwrap();
+    assert_eq!(s.index("tid:T1").await.unwrap(), None);
+}
+
+pub async fn the_store_moves_the_due_entry_and_counts_queues(b: &dyn Backend) {
+    let s = b.fresh();
+    let id = s.next_id();
+    s.commit(vec![
+        put(id),
+        set(id, 0, "queued", Some((100, "b")), Guard::None),
+        set(id, 1, "queued", Some((50, "c")), Guard::None),
+    ])
+    .await
+    .unwrap();
+    // Moved without naming where it was: the old entry is gone.
+    one(&*s, set(id, 0, "deferred", Some((500, "b")), Guard::None)).await;
+    assert_eq!(
+        s.oldest("b", 10).await.unwrap(),
+        vec![Due {
+            at: 500,
+            id,
+            idx: 0
+        }]
+    );
+    let rows = s.recipients(id).await.unwrap();
+    assert_eq!(rows[0].version, 2, "every write grows the version");
+    assert_eq!(rows[1].version, 1);
+    // Moved to another queue (routed), then out of the queue.
+    one(&*s, set(id, 1, "deferred", Some((60, "b")), Guard::None)).await;
+    let q = s.queues().await.unwrap();
+    assert_eq!(
+        q,
+        vec![QueueSummary {
+            queue: "b".into(),
+            depth: 2,
+            next_due: Some(60)
+        }]
+    );
+    one(&*s, set(id, 0, "forwarded", None, Guard::None)).await;
+    one(&*s, set(id, 1, "forwarded", None, Guard::None)).await;
+    assert_eq!(s.queues().await.unwrap(), vec![]);
+    assert!(s
+        .claim_due("b", &req("a", u64::MAX, 10))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn compare_and_set_by_version(b: &dyn Backend) {
+    let s = b.fresh();
+    let id = s.next_id();
+    s.commit(vec![
+        put(id),
+        set(id, 0, "queued", Some((1, "b")), Guard::None),
+    ])
+    .await
+    .unwrap();
+    let v = s.recipients(id).await.unwrap()[0].version;
+    assert_eq!(
+        one(&*s, set(id, 0, "stale", None, Guard::Version(v + 1))).await,
+        OpResult::Conflict
+    );
+    assert_eq!(s.recipients(id).await.unwrap()[0].state, b"queued");
+    assert_eq!(
+        s.queues().await.unwrap().len(),
+        1,
+        "a conflict leaves the index alone"
+    );
+    assert_eq!(
+        one(&*s, set(id, 0, "acknowledged", None, Guard::Version(v))).await,
+        OpResult::Done
+    );
+    assert_eq!(
+        one(&*s, set(id, 0, "again", None, Guard::Version(v))).await,
+        OpResult::Conflict,
+        "the version moved on"
+    );
+    assert_eq!(
+        one(&*s, set(id, 9, "none", None, Guard::Version(1))).await,
+        OpResult::Conflict,
+        "no record, no match"
+    );
+}
+
+pub async fn claims_follow_due_order_per_queue_and_exclude_each_other(b: &dyn Backend) {
+    let s = b.fresh();
+    let id = s.next_id();
+    s.commit(vec![
+        put(id),
+        set(id, 0, "r0", Some((300, "b")), Guard::None),
+        set(id, 1, "r1", Some((100, "b")), Guard::None),
+        set(id, 2, "r2", Some((200, "b")), Guard::None),
+        set(id, 3, "r3", Some((100, "c")), Guard::None),
+        set(id, 4, "r4", Some((5_000, "b")), Guard::None),
+    ])
+    .await
+    .unwrap();
+    let got = s.claim_due("b", &req("n1", 1000, 2)).await.unwrap();
+    let idxs: Vec<u32> = got.iter().map(|c| c.row.idx).collect();
+    assert_eq!(idxs, vec![1, 2], "earliest first, limit kept");
+    assert_eq!(got[0].row.state, b"r1");
+    assert!(got[1].token > got[0].token, "tokens grow");
+    let more = s.claim_due("b", &req("n2", 1000, 10)).await.unwrap();
+    let idxs: Vec<u32> = more.iter().map(|c| c.row.idx).collect();
+    assert_eq!(
+        idxs,
+        vec![0],
+        "claimed work is skipped; not-yet-due work stays"
+    );
+    let c = s.claim_due("c", &req("n2", 1000, 10)).await.unwrap();
+    assert_eq!(c.len(), 1, "queues are claimed separately");
+    assert_eq!(c[0].row.idx, 3);
+}
+
+pub async fn a_finished_claim_is_not_handed_out_again(b: &dyn Backend) {
+    // The duplicate-send defect: a delivery that finished between a scheduler's read of the due
+    // index and its dispatch was sent again. Finishing and claiming now go through the store.
+    let s = b.fresh();
+    let id = s.next_id();
+    s.commit(vec![
+        put(id),
+        set(id, 0, "queued", Some((10, "b")), Guard::None),
+    ])
+    .await
+    .unwrap();
+    for round in 0..50u64 {
+        let got = s
+            .claim_due("b", &req("n1", 1000 + round, 10))
+            .await
+            .unwrap();
+        if round == 0 {
+            assert_eq!(got.len(), 1);
+            let c = &got[0];
+            assert_eq!(
+                one(
+                    &*s,
+                    set(id, 0, "forwarded", Some((900_000, "b")), c.guard())
+                )
+                .await,
+                OpResult::Done
+            );
+        } else {
+            assert!(
+                got.is_empty(),
+                "round {round}: finished work handed out again"
+            );
+        }
+    }
+    let got = s.claim_due("b", &req("n1", 900_000, 10)).await.unwrap();
+    assert_eq!(got.len(), 1, "due again at its new time (the ack timeout)");
+    assert_eq!(got[0].row.state, b"forwarded");
+}
+
+pub async fn an_expired_claim_is_taken_over_and_the_late_owner_is_refused(b: &dyn Backend) {
+    let s = b.fresh();
+    let id = s.next_id();
+    s.commit(vec![
+        put(id),
+        set(id, 0, "queued", Some((10, "b")), Guard::None),
+    ])
+    .await
+    .unwrap();
+    let first = s
+        .claim_due("b", &req("dead", 1000, 1))
+        .await
+        .unwrap()
+        .remove(0);
+    let lease_ms = LEASE.as_millis() as u64;
+    assert!(
+        s.claim_due("b", &req("n2", 1000 + lease_ms - 1, 1))
+            .await
+            .unwrap()
+            .is_empty(),
+        "held until the lease ends"
+    );
+    let second = s
+        .claim_due("b", &req("n2", 1000 + lease_ms, 1))
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(second.token > first.token, "the fencing token grows");
+    assert_eq!(
+        one(&*s, set(id, 0, "late", None, first.guard())).await,
+        OpResult::Conflict,
+        "the old owner's write is fenced off"
+    );
+    assert_eq!(
+        one(&*s, set(id, 0, "forwarded", None, second.guard())).await,
+        OpResult::Done
+    );
+    assert_eq!(s.recipients(id).await.unwrap()[0].state, b"forwarded");
+}
+
+pub async fn a_write_by_someone_else_ends_the_claim(b: &dyn Backend) {
+    // A RES or an operator's action lands while a delivery holds the recipient: the delivery's
+    // result must not overwrite it.
+    let s = b.fresh();
+    let id = s.next_id();
+    s.commit(vec![
+        put(id),
+        set(id, 0, "forwarded", Some((10, "b")), Guard::None),
+    ])
+    .await
+    .unwrap();
+    let c = s
+        .claim_due("b", &req("n1", 1000, 1))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        one(
+            &*s,
+            set(id, 0, "acknowledged", None, Guard::Version(c.row.version))
+        )
+        .await,
+        OpResult::Done
+    );
+    assert_eq!(
+        one(&*s, set(id, 0, "forwarded", Some((99, "b")), c.guard())).await,
+        OpResult::Conflict
+    );
+    let rows = s.recipients(id).await.unwrap();
+    assert_eq!(rows[0].state, b"acknowledged");
+    assert_eq!(rows[0].due, None);
+    assert!(s.queues().await.unwrap().is_empty());
+}
+
+pub async fn renewing_keeps_a_claim(b: &dyn Backend) {
+    let s = b.fresh();
+    let id = s.next_id();
+    s.commit(vec![
+        put(id),
+        set(id, 0, "queued", Some((10, "b")), Guard::None),
+    ])
+    .await
+    .unwrap();
+    let c = s
+        .claim_due("b", &req("n1", 1000, 1))
+        .await
+        .unwrap()
+        .remove(0);
+    let lease_ms = LEASE.as_millis() as u64;
+    s.renew("n1", 1000 + lease_ms - 1, LEASE).await.unwrap();
+    assert!(
+        s.claim_due("b", &req("n2", 1000 + lease_ms + 5, 1))
+            .await
+            .unwrap()
+            .is_empty(),
+        "renewed by its owner's heartbeat"
+    );
+    assert_eq!(
+        one(&*s, set(id, 0, "done", None, c.guard())).await,
+        OpResult::Done
+    );
+}
+
+pub async fn events_are_claimed_and_deleted_by_their_owner_only(b: &dyn Backend) {
+    let s = b.fresh();
+    let (a, c) = (s.next_id(), s.next_id());
+    s.commit(vec![
+        put(a),
+        put(c),
+        Op::PutEvent {
+            id: a,
+            event: b"ea".to_vec(),
+        },
+        Op::PutEvent {
+            id: c,
+            event: b"ec".to_vec(),
+        },
+    ])
+    .await
+    .unwrap();
+    let got = s.claim_events(&req("n1", 1000, 1)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].id, got[0].event.as_slice()),
+        (a, &b"ea"[..]),
+        "oldest first"
+    );
+    let other = s.claim_events(&req("n2", 1000, 10)).await.unwrap();
+    assert_eq!(other.iter().map(|e| e.id).collect::<Vec<_>>(), vec![c]);
+    // The claim expires; the late owner cannot delete what another took over.
+    let lease_ms = LEASE.as_millis() as u64;
+    let again = s
+        .claim_events(&req("n2", 1000 + lease_ms, 10))
+        .await
+        .unwrap();
+    assert!(again.iter().any(|e| e.id == a));
+    let stale = Op::DeleteEvent {
+        id: a,
+        token: Some(got[0].token),
+    };
+    assert_eq!(one(&*s, stale).await, OpResult::Conflict);
+    let mine = again.iter().find(|e| e.id == a).unwrap();
+    let ok = Op::DeleteEvent {
+        id: a,
+        token: Some(mine.token),
+    };
+    assert_eq!(one(&*s, ok).await, OpResult::Done);
+    assert!(s
+        .claim_events(&req("n3", u64::MAX / 2, 10))
+        .await
+        .unwrap()
+        .iter()
+        .all(|e| e.id != a));
+}
+
+pub async fn all_or_nothing_applies_nothing_on_a_conflict(b: &dyn Backend) {
+    let s = b.fresh();
+    let id = s.next_id();
+    s.commit(vec![
+        put(id),
+        set(id, 0, "forwarded", Some((10, "b")), Guard::None),
+        Op::PutEvent {
+            id,
+            event: b"res".to_vec(),
+        },
+    ])
+    .await
+    .unwrap();
+    let ev = s.claim_events(&req("n1", 1000, 1)).await.unwrap().remove(0);
+    let v = s.recipients(id).await.unwrap()[0].version;
+    // Someone else changed the recipient after we read it.
+    one(
+        &*s,
+        set(id, 0, "deferred", Some((20, "b")), Guard::Version(v)),
+    )
+    .await;
+    let r = s
+        .commit_all(vec![
+            set(id, 0, "acknowledged", None, Guard::Version(v)),
+            Op::PutIndex {
+                key: "side-effect".into(),
+                value: vec![1],
+            },
+            Op::DeleteEvent {
+                id,
+                token: Some(ev.token),
+            },
+        ])
+        .await;
+    assert!(matches!(r, Err(StoreError::Conflict)), "{r:?}");
+    assert_eq!(
+        s.index("side-effect").await.unwrap(),
+        None,
+        "nothing applied"
+    );
+    assert_eq!(s.recipients(id).await.unwrap()[0].state, b"deferred");
+    // Still ours: read again, decide again, commit.
+    let v = s.recipients(id).await.unwrap()[0].version;
+    let r = s
+        .commit_all(vec![
+            set(id, 0, "acknowledged", None, Guard::Version(v)),
+            Op::DeleteEvent {
+                id,
+                token: Some(ev.token),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(r, vec![OpResult::Done, OpResult::Done]);
+    assert!(s
+        .claim_events(&req("n2", u64::MAX / 2, 10))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn dedupe_files_once(b: &dyn Backend) {
+    let s = b.fresh();
+    let (a, c) = (s.next_id(), s.next_id());
+    let deliver = |id| Op::Deliver {
+        dedupe_key: "mm|origin|+1555".into(),
+        address: "+1555".into(),
+        id,
+    };
+    assert_eq!(
+        s.commit(vec![put(a), deliver(a)]).await.unwrap()[1],
+        OpResult::Delivered
+    );
+    assert_eq!(
+        s.commit(vec![put(c), deliver(c)]).await.unwrap()[1],
+        OpResult::Duplicate(a)
+    );
+    assert_eq!(s.mailbox("+1555").await.unwrap(), vec![a]);
+    assert_eq!(s.dedupe("mm|origin|+1555").await.unwrap(), Some(a));
+    assert_eq!(s.dedupe("other").await.unwrap(), None);
+}
+
+pub async fn named_jobs_have_one_owner(b: &dyn Backend) {
+    let s = b.fresh();
+    let t = s
+        .claim_job("expiry-sweep", "n1", 1000, LEASE)
+        .await
+        .unwrap();
+    assert!(t.is_some());
+    assert_eq!(
+        s.claim_job("expiry-sweep", "n2", 2000, LEASE)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(s
+        .claim_job("capability-exchange", "n2", 2000, LEASE)
+        .await
+        .unwrap()
+        .is_some());
+    let later = 1000 + LEASE.as_millis() as u64;
+    let t2 = s
+        .claim_job("expiry-sweep", "n2", later, LEASE)
+        .await
+        .unwrap();
+    assert!(t2 > t, "taken over after its owner stopped renewing");
+}
+
+pub async fn concurrent_claimers_never_share_work(b: &dyn Backend) {
+    let s = b.fresh();
+    let id = s.next_id();
+    let mut ops = vec![put(id)];
+    for i in 0..400 {
+        ops.push(set(id, i, "queued", Some((i as u64, "b")), Guard::None));
+    }
+    s.commit(ops).await.unwrap();
+    let mut tasks = Vec::new();
+    for n in 0..4 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let owner = format!("n{n}");
+            let mut mine = Vec::new();
+            loop {
+                let got = s.claim_due("b", &req(&owner, 10_000, 7)).await.unwrap();
+                if got.is_empty() {
+                    break;
+                }
+                for c in got {
+                    let r = one(&*s, set(id, c.row.idx, "forwarded", None, c.guard())).await;
+                    assert_eq!(r, OpResult::Done);
+                    mine.push(c.row.idx);
+                }
+            }
+            mine
+        }));
+    }
+    let mut seen = HashSet::new();
+    for t in tasks {
+        for idx in t.await.unwrap() {
+            assert!(seen.insert(idx), "recipient {idx} handed to two owners");
+        }
+    }
+    assert_eq!(seen.len(), 400);
+}
+
+pub async fn concurrent_commits_share_syncs(b: &dyn Backend) {
+    use std::sync::atomic::Ordering;
+    let s = b.fresh();
+    let before = s.health().stats().syncs.load(Ordering::Relaxed);
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = s.next_id();
+            s.commit(vec![Op::PutMessage {
+                id,
+                meta: vec![1],
+                body: vec![0; 10_000],
+            }])
+            .await
+            .unwrap();
+            id
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap());
+    }
+    for id in ids {
+        assert!(
+            s.message(id).await.unwrap().is_some(),
+            "acknowledged commit missing"
+        );
+    }
+    let syncs = s.health().stats().syncs.load(Ordering::Relaxed) - before;
+    assert!(
+        syncs < 200,
+        "group commit must batch: {syncs} syncs for 200 commits"
+    );
+}
