@@ -587,24 +587,39 @@ async fn change_pending(
     if rows.is_empty() {
         return Err(not_found("queued message"));
     }
-    let now = api.clock.now_ms();
-    let mut ops = Vec::new();
-    for row in rows.into_iter().filter(|r| r.due.is_some()) {
-        let mut st: RecipientState = from_bytes("recipient", &row.state).map_err(internal)?;
-        let due = match change(&mut st, now) {
-            Next::Keep => row.due.as_ref().map(|d| d.at),
-            Next::Out => None,
-            Next::At(at) => Some(at),
-        };
-        ops.push(st.op(id, row.idx, due, store::Guard::Version(row.version)));
+    let mut rows = rows;
+    // The operator's action wins over a delivery under way (whose own write then conflicts):
+    // a recipient that changed between our read and our write is read and changed again.
+    for _ in 0..CHANGE_RETRIES {
+        let now = api.clock.now_ms();
+        let mut ops = Vec::new();
+        for row in rows.iter().filter(|r| r.due.is_some()) {
+            let mut st: RecipientState = from_bytes("recipient", &row.state).map_err(internal)?;
+            let due = match change(&mut st, now) {
+                Next::Keep => row.due.as_ref().map(|d| d.at),
+                Next::Out => None,
+                Next::At(at) => Some(at),
+            };
+            ops.push(st.op(id, row.idx, due, store::Guard::Version(row.version)));
+        }
+        let n = ops.len();
+        match api.store.commit_all(ops).await {
+            Ok(_) => return Ok((id, n)),
+            Err(store::StoreError::Conflict) => {
+                rows = api.store.recipients(id).await.map_err(internal)?;
+            }
+            Err(e) => return Err(internal(e)),
+        }
     }
-    let results = api.store.commit(ops).await.map_err(internal)?;
-    let n = results
-        .iter()
-        .filter(|r| **r != store::OpResult::Conflict)
-        .count();
-    Ok((id, n))
+    Err(ApiError(
+        StatusCode::CONFLICT,
+        "busy",
+        "the message kept changing; try again".into(),
+    ))
 }
+
+/// How often an operator's change is read and tried again when the message changed under it.
+const CHANGE_RETRIES: usize = 10;
 
 async fn retry_queue(
     State(api): State<Arc<Api>>,
