@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use relay::config::Config;
 use relay::directory::Directory;
-use relay::outbound::{Outbound, OutboundConfig, RetryPolicy, SystemClock};
+use relay::outbound::{Clock, Outbound, OutboundConfig, RetryPolicy, SystemClock};
 use relay::records::{RcptState, RecipientState};
 use relay::routing::Router;
 use relay::submit::{submit, SubmitConfig, SubmitRequest};
@@ -20,12 +20,45 @@ struct Engine {
     store: Arc<Embedded>,
     router: Arc<Router>,
     outbound: Arc<Outbound>,
+    clock: Arc<dyn Clock>,
     submit: SubmitConfig,
     _stop: tokio::sync::watch::Sender<bool>,
 }
 
+/// What a test may change about the engine.
+struct Opts {
+    clock: Arc<dyn Clock>,
+    max_in_flight: usize,
+    max_in_flight_per_peer: usize,
+    pool_idle: Duration,
+    greeting: Duration,
+    /// The DNS server routing asks (nothing answers on the default).
+    dns: std::net::SocketAddr,
+    enum_suffixes: Vec<String>,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            clock: Arc::new(SystemClock),
+            max_in_flight: OutboundConfig::DEFAULT_MAX_IN_FLIGHT,
+            max_in_flight_per_peer: OutboundConfig::DEFAULT_MAX_IN_FLIGHT_PER_PEER,
+            pool_idle: OutboundConfig::DEFAULT_POOL_IDLE,
+            greeting: Duration::from_secs(2),
+            dns: "127.0.0.1:9".parse().unwrap(),
+            enum_suffixes: vec![],
+        }
+    }
+}
+
+type PeerSpec<'a> = (&'a str, &'a str, &'a str, std::net::SocketAddr, &'a str);
+
 /// Peers as `(name, domain, prefix, addr, extra toml lines)`.
-async fn engine(peers: &[(&str, &str, &str, std::net::SocketAddr, &str)]) -> Engine {
+async fn engine(peers: &[PeerSpec<'_>]) -> Engine {
+    engine_with(peers, Opts::default()).await
+}
+
+async fn engine_with(peers: &[PeerSpec<'_>], o: Opts) -> Engine {
     let dir = TempDir::new("outbound");
     let mut toml =
         String::from("[mmse]\ndomain = \"mms.mnc001.mcc001.gprs\"\nlocal_prefixes = [\"+1555\"]\n");
@@ -35,8 +68,13 @@ async fn engine(peers: &[(&str, &str, &str, std::net::SocketAddr, &str)]) -> Eng
         } else {
             "tls = \"none\"\n"
         };
+        let prefixes = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("prefixes = [\"{prefix}\"]\n")
+        };
         toml.push_str(&format!(
-            "[[peer]]\nname = \"{name}\"\ndomains = [\"{domain}\"]\nprefixes = [\"{prefix}\"]\nhosts = [\"{addr}\"]\n{tls}{extra}\n"
+            "[[peer]]\nname = \"{name}\"\ndomains = [\"{domain}\"]\n{prefixes}hosts = [\"{addr}\"]\n{tls}{extra}\n"
         ));
     }
     let cfg = Config::from_toml(&toml).unwrap();
@@ -45,13 +83,13 @@ async fn engine(peers: &[(&str, &str, &str, std::net::SocketAddr, &str)]) -> Eng
     let dir_ = Arc::new(Directory::new(&cfg));
     let router = Arc::new(Router {
         dir: dir_,
-        dns: Arc::new(relay::dns::Dns::new(&["127.0.0.1:9".parse().unwrap()]).unwrap()),
-        enum_suffixes: vec![],
+        dns: Arc::new(relay::dns::Dns::new(&[o.dns]).unwrap()),
+        enum_suffixes: o.enum_suffixes.clone(),
         mx_port: 25,
     });
     let timeouts = smtp::client_driver::Timeouts {
         connect: Duration::from_secs(2),
-        greeting: Duration::from_secs(2),
+        greeting: o.greeting,
         command: Duration::from_secs(2),
         data_init: Duration::from_secs(2),
         data_block: Duration::from_secs(2),
@@ -60,7 +98,7 @@ async fn engine(peers: &[(&str, &str, &str, std::net::SocketAddr, &str)]) -> Eng
     let outbound = Outbound::new(
         spool,
         router.clone(),
-        Arc::new(SystemClock),
+        o.clock.clone(),
         OutboundConfig {
             retry: RetryPolicy {
                 initial: Duration::from_millis(200),
@@ -81,9 +119,9 @@ async fn engine(peers: &[(&str, &str, &str, std::net::SocketAddr, &str)]) -> Eng
             our_domain: "mms.mnc001.mcc001.gprs".parse().unwrap(),
             node: "test".into(),
             lease: OutboundConfig::DEFAULT_LEASE,
-            max_in_flight: OutboundConfig::DEFAULT_MAX_IN_FLIGHT,
-            max_in_flight_per_peer: OutboundConfig::DEFAULT_MAX_IN_FLIGHT_PER_PEER,
-            pool_idle: OutboundConfig::DEFAULT_POOL_IDLE,
+            max_in_flight: o.max_in_flight,
+            max_in_flight_per_peer: o.max_in_flight_per_peer,
+            pool_idle: o.pool_idle,
         },
     );
     let (stop, rx) = tokio::sync::watch::channel(false);
@@ -93,6 +131,7 @@ async fn engine(peers: &[(&str, &str, &str, std::net::SocketAddr, &str)]) -> Eng
         store,
         router,
         outbound,
+        clock: o.clock,
         submit: SubmitConfig {
             domain: "mms.mnc001.mcc001.gprs".parse().unwrap(),
             system_address: "system-user@mms.mnc001.mcc001.gprs".into(),
@@ -120,7 +159,7 @@ impl Engine {
             &self.submit,
             &self.router,
             &*self.store,
-            relay::outbound::Clock::now_ms(&SystemClock),
+            self.clock.now_ms(),
         )
         .await
         .unwrap();
@@ -456,4 +495,239 @@ Content-Transfer-Encoding: 8bit\r\n\r\nGrüße aus Paris\r\n--b--\r\n";
         "TR-1",
         "transit keeps its ids"
     );
+}
+
+/// Waits (in real time, for the scheduler's tasks) until `cond` holds of `p`.
+async fn until_peer(p: &Peer, what: &str, cond: impl Fn(&Peer) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond(p) {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const C: &str = "mms.mnc007.mcc262.gprs";
+
+#[tokio::test]
+async fn a_stalled_peer_holds_no_more_than_its_share() {
+    // Defect: a task took a global in-flight slot, then waited for its peer: MMs to a peer that
+    // stalls (here: takes the connection, never greets) filled every slot and traffic to every
+    // other peer stopped. Now each peer may hold only its share of the slots.
+    let x = peer("127.0.0.1", Behaviour::Silent).await;
+    let y = peer("127.0.0.1", Behaviour::Accept).await;
+    let e = engine_with(
+        &[
+            ("x", B, "+49172", x.addr, "max_connections = 8"),
+            ("y", C, "+49179", y.addr, ""),
+        ],
+        Opts {
+            max_in_flight: 4,
+            max_in_flight_per_peer: 2,
+            greeting: Duration::from_secs(60),
+            ..Opts::default()
+        },
+    )
+    .await;
+    for i in 0..6 {
+        e.send(&[&format!("+4917211111{i:02}")], "to the stalled peer")
+            .await;
+    }
+    until_peer(&x, "the stalled peer's connections", |x| {
+        *x.connections.lock().unwrap() >= 2
+    })
+    .await;
+    let id = e.send(&["+491791111111"], "to the live peer").await;
+    let s = e.until(id, |s| s[0].state == RcptState::Forwarded).await;
+    assert_eq!(s[0].attempts, 1);
+    assert_eq!(
+        *x.connections.lock().unwrap(),
+        2,
+        "the stalled peer holds exactly its share"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_the_peer_closed_is_replaced_at_once() {
+    // Defect: a pooled connection the peer had closed cost a failed attempt and a back-off.
+    let p = peer("127.0.0.1", Behaviour::CloseAfterEach).await;
+    let e = engine(&[("b", B, "+49172", p.addr, "")]).await;
+    let first = e.send(&["+491721111111"], "one").await;
+    e.until(first, |s| s[0].state == RcptState::Forwarded).await;
+    // The peer's FIN reaches us (the connection sits in the pool, closed at the far end).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = e.send(&["+491722222222"], "two").await;
+    let s = e
+        .until(second, |s| s[0].state == RcptState::Forwarded)
+        .await;
+    assert_eq!(s[0].attempts, 1, "{s:#?}");
+    assert!(
+        s[0].events.iter().all(|ev| ev.event != "deferred"),
+        "never deferred: {s:#?}"
+    );
+    assert_eq!(*p.connections.lock().unwrap(), 2);
+    assert_eq!(p.got.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn an_idle_connection_past_the_limit_is_closed_not_reused() {
+    let clock = Arc::new(relay::clock::ManualClock::new(SystemClock.now_ms()));
+    let p = peer("127.0.0.1", Behaviour::Accept).await;
+    let e = engine_with(
+        &[("b", B, "+49172", p.addr, "")],
+        Opts {
+            clock: clock.clone(),
+            pool_idle: Duration::from_secs(30),
+            ..Opts::default()
+        },
+    )
+    .await;
+    let one = e.send(&["+491721111111"], "one").await;
+    e.until(one, |s| s[0].state == RcptState::Forwarded).await;
+    let two = e.send(&["+491721111112"], "two").await;
+    e.until(two, |s| s[0].state == RcptState::Forwarded).await;
+    assert_eq!(*p.connections.lock().unwrap(), 1, "reused while fresh");
+    clock.advance(Duration::from_secs(31));
+    let three = e.send(&["+491721111113"], "three").await;
+    e.until(three, |s| s[0].state == RcptState::Forwarded).await;
+    assert_eq!(
+        *p.connections.lock().unwrap(),
+        2,
+        "idle past the limit: a new connection"
+    );
+}
+
+#[tokio::test]
+async fn no_res_means_the_same_req_again_then_indeterminate_on_a_manual_clock() {
+    let clock = Arc::new(relay::clock::ManualClock::new(SystemClock.now_ms()));
+    let p = peer("127.0.0.1", Behaviour::Accept).await;
+    let e = engine_with(
+        &[("b", B, "+49172", p.addr, "")],
+        Opts {
+            clock: clock.clone(),
+            ..Opts::default()
+        },
+    )
+    .await;
+    let id = e.send(&["+491721111111"], "hello").await;
+    e.until(id, |s| s[0].state == RcptState::Forwarded).await;
+    // Not a moment before the ack timeout (600 s in this engine)...
+    clock.advance(Duration::from_secs(599));
+    e.outbound.wake.notify_one();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        p.got.lock().unwrap().len(),
+        1,
+        "no re-send before the timeout"
+    );
+    // ...then the same REQ again at each timeout, three times.
+    for n in 2..=4 {
+        clock.advance(Duration::from_secs(1));
+        e.outbound.wake.notify_one();
+        until_peer(&p, "a re-send", |p| p.got.lock().unwrap().len() == n).await;
+        let s = e
+            .until(id, |s| {
+                s[0].state == RcptState::Forwarded && s[0].resends == n as u32 - 1
+            })
+            .await;
+        assert_eq!(s[0].resends, n as u32 - 1);
+        clock.advance(Duration::from_secs(599));
+    }
+    let got = p.got.lock().unwrap().clone();
+    let tids: Vec<String> = got
+        .iter()
+        .map(|g| mm4::parse(&g.data).unwrap().transaction_id)
+        .collect();
+    assert!(tids.iter().all(|t| *t == tids[0]), "same ids: {tids:?}");
+    clock.advance(Duration::from_secs(1));
+    e.outbound.wake.notify_one();
+    let s = e.until(id, |s| s[0].state == RcptState::Failed).await;
+    assert_eq!(s[0].status_code.as_deref(), Some("Indeterminate"));
+    assert_eq!(p.got.lock().unwrap().len(), 4, "no fifth send");
+}
+
+#[tokio::test]
+async fn a_deferred_mm_expires_on_a_manual_clock() {
+    let clock = Arc::new(relay::clock::ManualClock::new(SystemClock.now_ms()));
+    // Nobody listens there: every attempt is a transient failure.
+    let down: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let e = engine_with(
+        &[("b", B, "+49172", down, "")],
+        Opts {
+            clock: clock.clone(),
+            ..Opts::default()
+        },
+    )
+    .await;
+    let id = e.send(&["+491721111111"], "hello").await;
+    let s = e.until(id, |s| s[0].state == RcptState::Deferred).await;
+    assert_eq!(s[0].attempts, 1);
+    // The lifetime of this engine's submissions is one hour.
+    clock.advance(Duration::from_secs(3600));
+    e.outbound.wake.notify_one();
+    let s = e.until(id, |s| s[0].state == RcptState::Expired).await;
+    assert_eq!(s[0].status_code.as_deref(), Some("Error-network-problem"));
+}
+
+const ENUM_TWO: &str = r#"$ORIGIN e164.arpa.
+$TTL 60
+@ IN SOA ns.e164.arpa. host.e164.arpa. 1 3600 600 86400 60
+@ IN NS ns.gprs.
+1.1.1.1.1.1.1.2.7.1.9.4 IN NAPTR 10 10 "u" "E2U+mms:mailto" "!^.*$!mailto:+491721111111/TYPE=PLMN@mms.mnc002.mcc262.gprs!" .
+2.2.2.2.2.2.2.9.7.1.9.4 IN NAPTR 10 10 "u" "E2U+mms:mailto" "!^.*$!mailto:+491792222222/TYPE=PLMN@mms.mnc007.mcc262.gprs!" .
+"#;
+
+#[tokio::test]
+async fn recipients_unrouted_at_submission_go_each_to_its_own_mmse_with_its_own_transaction() {
+    // Defect: recipients whose routing failed at submission (DNS down) were grouped together,
+    // routed by the first one's address — both went to the first one's operator — and shared
+    // one transaction id, so one peer's RES could settle the other's recipient.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let pb = peer("127.0.0.1", Behaviour::Accept).await;
+    let pc = peer("127.0.0.1", Behaviour::Accept).await;
+    let e = engine_with(
+        &[("b", B, "", pb.addr, ""), ("c", C, "", pc.addr, "")],
+        Opts {
+            dns: format!("127.0.0.1:{port}").parse().unwrap(),
+            enum_suffixes: vec!["e164.arpa".into()],
+            ..Opts::default()
+        },
+    )
+    .await;
+    let id = e.send(&["+491721111111", "+491792222222"], "hello").await;
+    let s = e.states(id).await;
+    assert!(
+        s.iter().all(|r| r.peer.is_none() && r.state.is_pending()),
+        "DNS is down: queued unrouted: {s:#?}"
+    );
+    assert_ne!(s[0].tid, s[1].tid, "a transaction id each");
+    // DNS comes up where the resolver points.
+    let _ns = testbed::Nsd::start_on(port, &[("e164.arpa", ENUM_TWO)]);
+    let s = e
+        .until(id, |s| s.iter().all(|r| r.state == RcptState::Forwarded))
+        .await;
+    assert_eq!(s[0].peer.as_deref(), Some("b"));
+    assert_eq!(s[1].peer.as_deref(), Some("c"));
+    let gb = pb.got.lock().unwrap().clone();
+    let gc = pc.got.lock().unwrap().clone();
+    assert_eq!((gb.len(), gc.len()), (1, 1), "one REQ each");
+    assert_eq!(gb[0].rcpts.len(), 1);
+    assert!(
+        gb[0].rcpts[0].contains("+491721111111"),
+        "{:?}",
+        gb[0].rcpts
+    );
+    assert!(
+        gc[0].rcpts[0].contains("+491792222222"),
+        "{:?}",
+        gc[0].rcpts
+    );
+    let (tb, tc) = (
+        mm4::parse(&gb[0].data).unwrap().transaction_id,
+        mm4::parse(&gc[0].data).unwrap().transaction_id,
+    );
+    assert_ne!(tb, tc);
 }

@@ -69,12 +69,18 @@ impl Drop for Nsd {
 impl Nsd {
     /// Starts NSD with `zones` as `(zone name, zone file text)`; waits until it answers.
     pub fn start(zones: &[(&str, &str)]) -> Nsd {
-        let dir = TempDir::new("nsd");
         let port = UdpSocket::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
+        Self::start_on(port, zones)
+    }
+
+    /// [`Nsd::start`] on a chosen UDP port of 127.0.0.1 (a server that comes up where a
+    /// resolver was already pointed).
+    pub fn start_on(port: u16, zones: &[(&str, &str)]) -> Nsd {
+        let dir = TempDir::new("nsd");
         let d = dir.0.display().to_string();
         let mut conf = format!(
             "server:\n    ip-address: 127.0.0.1@{port}\n    port: {port}\n    do-ip6: no\n    username: nsd\n    chroot: \"\"\n    zonesdir: \"{d}\"\n    database: \"\"\n    zonelistfile: \"{d}/zone.list\"\n    xfrdfile: \"{d}/xfrd.state\"\n    xfrdir: \"{d}\"\n    pidfile: \"{d}/nsd.pid\"\n    logfile: \"{d}/nsd.log\"\n    server-count: 1\nremote-control:\n    control-enable: no\n"

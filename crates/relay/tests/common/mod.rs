@@ -32,6 +32,11 @@ pub enum Behaviour {
     Xmm4Sync,
     /// Advertises no 8BITMIME.
     SevenBitOnly,
+    /// Closes the connection right after answering each message (as peers that drop idle
+    /// sessions do).
+    CloseAfterEach,
+    /// Takes the connection and never says anything (a stalled peer).
+    Silent,
 }
 
 /// One message a peer received.
@@ -47,6 +52,8 @@ pub struct Peer {
     pub got: Arc<Mutex<Vec<Got>>>,
     pub transactions: Arc<Mutex<usize>>,
     pub data_started: Arc<Mutex<usize>>,
+    /// Connections accepted.
+    pub connections: Arc<Mutex<usize>>,
 }
 
 async fn write_odd(w: &mut tokio::net::tcp::OwnedWriteHalf, s: &str, odd: bool) {
@@ -67,12 +74,24 @@ pub async fn peer(ip: &str, b: Behaviour) -> Peer {
     let got = Arc::new(Mutex::new(Vec::new()));
     let transactions = Arc::new(Mutex::new(0usize));
     let data_started = Arc::new(Mutex::new(0usize));
-    let (g, t, d) = (got.clone(), transactions.clone(), data_started.clone());
+    let connections = Arc::new(Mutex::new(0usize));
+    let (g, t, d, n) = (
+        got.clone(),
+        transactions.clone(),
+        data_started.clone(),
+        connections.clone(),
+    );
     tokio::spawn(async move {
         loop {
             let Ok((s, _)) = l.accept().await else { return };
+            *n.lock().unwrap() += 1;
             let (b, g, t, d) = (b.clone(), g.clone(), t.clone(), d.clone());
             tokio::spawn(async move {
+                if matches!(b, Behaviour::Silent) {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    drop(s);
+                    return;
+                }
                 let (r, mut w) = s.into_split();
                 let mut r = BufReader::new(r);
                 let odd = matches!(b, Behaviour::OddWrites);
@@ -175,6 +194,10 @@ pub async fn peer(ip: &str, b: Behaviour) -> Peer {
                             });
                         }
                         write_odd(&mut w, &reply, odd).await;
+                        if matches!(b, Behaviour::CloseAfterEach) {
+                            let _ = w.shutdown().await;
+                            return;
+                        }
                     } else if upper.starts_with("RSET") || upper.starts_with("NOOP") {
                         write_odd(&mut w, "250 2.0.0 ok\r\n", odd).await;
                     } else if upper.starts_with("QUIT") {
@@ -192,6 +215,7 @@ pub async fn peer(ip: &str, b: Behaviour) -> Peer {
         got,
         transactions,
         data_started,
+        connections,
     }
 }
 

@@ -1,0 +1,276 @@
+//! Load through the real relay to a fast scripted peer: every REQ reaches the peer exactly once.
+//!
+//! The peer (operator B on 127.0.0.2) takes each forward with `250` and answers it with an
+//! `MM4_forward.RES` mail to A's system mailbox, so RES handling (events) and deliveries
+//! (scheduler) change recipients concurrently — where a duplicate send or a lost update hides.
+//! `ack_timeout` is ten minutes: no legitimate re-send can happen during the test.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// What the scripted peer saw: how often each transaction id arrived.
+#[derive(Default)]
+struct Seen {
+    by_tid: Mutex<HashMap<String, usize>>,
+    total: AtomicUsize,
+}
+
+fn header<'a>(data: &'a str, name: &str) -> Option<&'a str> {
+    data.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name)
+            .then(|| v.trim().trim_matches('"'))
+    })
+}
+
+/// Operator B: takes every mail on `127.0.0.2:<port>`; each forward's (tid, MM id) goes to
+/// `answers` when `answers` is set.
+fn scripted_peer(seen: Arc<Seen>, answers: Option<mpsc::Sender<(String, String)>>) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.2:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let (seen, answers) = (seen.clone(), answers.clone());
+            std::thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                let _ = w.write_all(b"220 peer-b ESMTP\r\n");
+                let mut line = String::new();
+                let mut data: Option<String> = None;
+                while r.read_line(&mut line).unwrap_or(0) > 0 {
+                    if let Some(d) = data.as_mut() {
+                        if line == ".\r\n" {
+                            let d = data.take().unwrap();
+                            let tid = header(&d, "X-Mms-Transaction-ID").unwrap_or("").to_string();
+                            let mid = header(&d, "X-Mms-Message-ID").unwrap_or("").to_string();
+                            *seen.by_tid.lock().unwrap().entry(tid.clone()).or_default() += 1;
+                            seen.total.fetch_add(1, Ordering::SeqCst);
+                            let _ = w.write_all(b"250 2.0.0 queued\r\n");
+                            if let Some(a) = &answers {
+                                let _ = a.send((tid, mid));
+                            }
+                        } else {
+                            d.push_str(line.strip_prefix('.').unwrap_or(&line));
+                        }
+                    } else if line.starts_with("DATA") {
+                        let _ = w.write_all(b"354 go\r\n");
+                        data = Some(String::new());
+                    } else if line.starts_with("EHLO") {
+                        let _ = w.write_all(b"250-peer-b\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n");
+                    } else if line.starts_with("QUIT") {
+                        let _ = w.write_all(b"221 bye\r\n");
+                        break;
+                    } else {
+                        let _ = w.write_all(b"250 2.0.0 ok\r\n");
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The RES B sends for a forward.
+fn forward_res(tid: &str, mid: &str) -> Vec<u8> {
+    format!(
+        "X-Mms-3GPP-MMS-Version: 6.16.0\r\n\
+X-Mms-Message-Type: MM4_forward.RES\r\n\
+X-Mms-Transaction-ID: \"{tid}\"\r\n\
+X-Mms-Message-ID: \"{mid}\"\r\n\
+X-Mms-Request-Status-Code: Ok\r\n\
+X-Mms-Status-Text: Accepted\r\n\
+From: system-user@mms.mnc002.mcc262.gprs\r\n\
+To: system-user@{DOMAIN}\r\n\
+Date: Wed, 25 Nov 2026 12:34:56 +0100\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// B's RES senders: `n` SMTP sessions from 127.0.0.2 into A, answering what the peer took.
+fn res_senders(a: SocketAddr, rx: mpsc::Receiver<(String, String)>, n: usize) {
+    let rx = Arc::new(Mutex::new(rx));
+    for _ in 0..n {
+        let rx = rx.clone();
+        std::thread::spawn(move || {
+            let mut c = Client::connect_from(a, Some("127.0.0.2"));
+            c.hello();
+            loop {
+                let next = rx.lock().unwrap().recv();
+                let Ok((tid, mid)) = next else { return };
+                let r = c.transaction(
+                    "",
+                    &[&format!("system-user@{DOMAIN}")],
+                    &forward_res(&tid, &mid),
+                );
+                assert!(r.starts_with("250"), "RES refused: {r}");
+            }
+        });
+    }
+}
+
+/// Relay A: subscribers +1555, operator B (+49172) through the scripted peer, `extra` after.
+fn relay_a(name: &str, peer: SocketAddr, extra: &str) -> (testbed::TempDir, Relay, String) {
+    let dir = testbed::TempDir::new(name);
+    let smtp: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
+        .parse()
+        .unwrap();
+    let api = free_port("127.0.0.1");
+    let cfg = format!(
+        r#"
+[mmse]
+domain = "{DOMAIN}"
+local_prefixes = ["+1555"]
+
+[smtp]
+listen = ["{smtp}"]
+max_connections_per_source = 1000
+
+[api]
+listen = "127.0.0.1:{api}"
+
+[dns]
+servers = ["127.0.0.1:9"]
+enum_suffixes = []
+
+[store]
+path = "{store}"
+
+[queue]
+ack_timeout = "10m"
+
+[[peer]]
+name = "operator-b"
+domains = ["mms.mnc002.mcc262.gprs"]
+prefixes = ["+49172"]
+allow = ["127.0.0.2/32"]
+hosts = ["{peer}"]
+tls = "none"
+max_connections = 8
+
+{extra}
+"#,
+        store = dir.0.join("data").display()
+    );
+    let relay = Relay::start(&dir.0, &cfg, smtp);
+    (dir, relay, format!("http://127.0.0.1:{api}"))
+}
+
+/// Waits until A's queue is empty (every recipient settled), at most `limit`.
+fn drained(api: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (_, q) = http("GET", api, "/v1/queue", None);
+        if q["depth"] == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "queue never drained: {q:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn assert_each_once(seen: &Seen, expected: usize) {
+    let by_tid = seen.by_tid.lock().unwrap();
+    let twice: Vec<(&String, &usize)> = by_tid.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{} of {} REQs reached the peer more than once, e.g. {:?}",
+        twice.len(),
+        by_tid.len(),
+        &twice[..twice.len().min(5)]
+    );
+    assert_eq!(by_tid.len(), expected, "every REQ reached the peer");
+    assert_eq!(seen.total.load(Ordering::SeqCst), expected);
+}
+
+const MMS: usize = 3000;
+const CLIENTS: usize = 6;
+
+#[test]
+fn api_submissions_under_load_reach_the_peer_exactly_once_and_are_acknowledged() {
+    let seen = Arc::new(Seen::default());
+    let (tx, rx) = mpsc::channel();
+    let peer = scripted_peer(seen.clone(), Some(tx));
+    let (_d, a, api) = relay_a("load-api", peer, "");
+    res_senders(a.smtp, rx, 4);
+    let api = Arc::new(api);
+    let ids: Arc<Mutex<Vec<String>>> = Arc::default();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (api, ids) = (api.clone(), ids.clone());
+            std::thread::spawn(move || {
+                for i in 0..MMS / CLIENTS {
+                    let body = format!(
+                        r#"{{"from": "+15550000001", "to": ["+4917200{c}{i:05}"], "parts": [{{"content_type": "text/plain", "text": "load {c} {i}"}}]}}"#
+                    );
+                    let (code, v) = http("POST", &api, "/v1/messages", Some(&body));
+                    assert_eq!(code, 202, "{v}");
+                    ids.lock().unwrap().push(v["id"].as_str().unwrap().to_string());
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    drained(&api, Duration::from_secs(300));
+    assert_each_once(&seen, MMS);
+    // Every recipient ended acknowledged by its RES (none failed, none left forwarded).
+    let ids = ids.lock().unwrap();
+    assert_eq!(ids.len(), MMS);
+    for id in ids.iter() {
+        let (_, v) = http("GET", &api, &format!("/v1/messages/{id}"), None);
+        assert_eq!(v["recipients"][0]["state"], "acknowledged", "{v:#}");
+        assert_eq!(v["recipients"][0]["attempts"], 1, "{v:#}");
+    }
+}
+
+#[test]
+fn transit_intake_under_load_reaches_the_peer_exactly_once() {
+    // C (127.0.0.3) hands A forwards for B's subscribers; A relays each once.
+    let seen = Arc::new(Seen::default());
+    let peer = scripted_peer(seen.clone(), None);
+    let (_d, a, api) = relay_a(
+        "load-transit",
+        peer,
+        "[[peer]]\nname = \"operator-c\"\ndomains = [\"mms.mnc001.mcc208.gprs\"]\n\
+prefixes = [\"+336\"]\nallow = [\"127.0.0.3/32\"]\ntransit = true\ntls = \"none\"\n",
+    );
+    let smtp = a.smtp;
+    let senders: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut cl = Client::connect_from(smtp, Some("127.0.0.3"));
+                cl.hello();
+                for i in 0..MMS / CLIENTS {
+                    let tid = format!("C{c}-{i}");
+                    let to = format!("+4917211{c}{i:05}");
+                    let body = String::from_utf8(forward(&tid, &to, 2000))
+                        .unwrap()
+                        .replace("mms.mnc002.mcc262.gprs", "mms.mnc001.mcc208.gprs")
+                        .replace("+491721234567", "+33612345678");
+                    let r = cl.transaction(
+                        "+33612345678/TYPE=PLMN@mms.mnc001.mcc208.gprs",
+                        &[&format!("{to}/TYPE=PLMN@mms.mnc002.mcc262.gprs")],
+                        body.as_bytes(),
+                    );
+                    assert!(r.starts_with("250"), "{r}");
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().unwrap();
+    }
+    drained(&api, Duration::from_secs(300));
+    assert_each_once(&seen, MMS);
+}
