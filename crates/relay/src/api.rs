@@ -40,6 +40,13 @@ pub struct Api {
     pub ready: AtomicBool,
 }
 
+/// Whether a presented bearer token is the configured one, in constant time: how long the
+/// comparison takes says nothing about how much of a guess was right.
+fn token_matches(given: Option<&str>, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(token.as_bytes())))
+}
+
 /// An API error in the contract's shape.
 pub struct ApiError(StatusCode, &'static str, String);
 
@@ -80,12 +87,7 @@ impl Api {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        // Constant time: how long the comparison takes says nothing about how much was right.
-        let matches = given.is_some_and(|g| {
-            use subtle::ConstantTimeEq;
-            bool::from(g.as_bytes().ct_eq(token.as_bytes()))
-        });
-        if matches {
+        if token_matches(given, token) {
             Ok(())
         } else {
             Err(ApiError(
@@ -103,7 +105,7 @@ impl Api {
         }
         let v = self
             .store
-            .index(&format!("mid:{key}"))
+            .index(&crate::keys::IndexKey::MmId(key).to_string())
             .await
             .map_err(internal)?;
         Ok(v.and_then(|b| String::from_utf8(b).ok()?.parse().ok()))
@@ -530,12 +532,12 @@ async fn get_peers(
         let record = |b: Option<Vec<u8>>| -> Option<Value> { serde_json::from_slice(&b?).ok() };
         let store = &*api.store;
         let learned = record(
-            crate::profile::record(store, p, "seen")
+            crate::profile::record(store, p, crate::profile::Record::Learned)
                 .await
                 .map_err(internal)?,
         );
         let exchanged = record(
-            crate::profile::record(store, p, "exchange")
+            crate::profile::record(store, p, crate::profile::Record::Exchanged)
                 .await
                 .map_err(internal)?,
         );
@@ -726,4 +728,19 @@ pub fn routes(api: Arc<Api>) -> Http {
         .route("/readyz", get(readyz))
         .fallback(fallback)
         .with_state(api)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_whole_token_matches() {
+        assert!(token_matches(Some("s3cret"), "s3cret"));
+        assert!(!token_matches(Some("s3cre"), "s3cret"), "a prefix");
+        assert!(!token_matches(Some("s3cret!"), "s3cret"), "longer");
+        assert!(!token_matches(Some("S3cret"), "s3cret"));
+        assert!(!token_matches(Some(""), "s3cret"));
+        assert!(!token_matches(None, "s3cret"));
+    }
 }

@@ -192,7 +192,7 @@ impl Inbound {
 
         let mt = pdu.message_type();
         let learned = origin_domain(&pdu, &msg.mail_from.address).map(|d| Op::PutCapability {
-            peer: format!("seen:{d}"),
+            peer: crate::keys::CapabilityKey::Seen(&d).to_string(),
             record: serde_json::json!({
                 "at": self.clock.now_ms(), "version": pdu.version.to_string(), "message_type": mt.as_str(),
             })
@@ -254,7 +254,7 @@ impl Inbound {
                 Ok(RcptClass::Local(n)) => {
                     local.push(n.to_string());
                     ops.push(Op::Deliver {
-                        dedupe_key: format!("{mm_id}|{origin}|{n}"),
+                        dedupe_key: crate::keys::dedupe(&mm_id, &origin, &n.to_string()),
                         address: n.to_string(),
                         id,
                     });

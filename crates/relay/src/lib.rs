@@ -8,6 +8,7 @@ pub mod directory;
 pub mod dns;
 pub mod events;
 pub mod inbound;
+pub mod keys;
 pub mod metrics;
 pub mod originate;
 pub mod outbound;

@@ -8,6 +8,7 @@ use store::{Guard, MsgId, Op, Spool};
 
 use crate::clock::Clock;
 use crate::directory::Directory;
+use crate::keys::IndexKey;
 use crate::records::{
     to_bytes, MessageKind, RcptKind, RcptState, RecipientState, StoredMessage, StoredRcpt,
 };
@@ -204,7 +205,7 @@ impl Originator {
         if !pdu.message_type().is_response() {
             // Our REQ's RES finds it by transaction id.
             ops.push(Op::PutIndex {
-                key: format!("tid:{}", pdu.transaction_id),
+                key: IndexKey::Transaction(&pdu.transaction_id).to_string(),
                 value: id.to_string().into_bytes(),
             });
         }

@@ -6,6 +6,7 @@ use mm4::Version;
 use store::{Spool, StoreError};
 
 use crate::directory::Peer;
+use crate::keys::CapabilityKey;
 use crate::outbound::SeenCapabilities;
 
 /// Where a value of the profile came from.
@@ -47,14 +48,27 @@ fn record_version(record: &[u8]) -> Option<Version> {
     text.parse::<Version>().ok().filter(|v| v.is_supported())
 }
 
-/// The stored capability record `kind` (`exchange` or `seen`) of any of the peer's domains.
+/// Which stored capability record of a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record {
+    /// Its answer to our capability REQ.
+    Exchanged,
+    /// Learned from its PDUs.
+    Learned,
+}
+
+/// The stored capability record of any of the peer's domains.
 pub async fn record(
     store: &dyn Spool,
     peer: &Peer,
-    kind: &str,
+    kind: Record,
 ) -> Result<Option<Vec<u8>>, StoreError> {
     for d in &peer.domains {
-        if let Some(b) = store.capability(&format!("{kind}:{d}")).await? {
+        let key = match kind {
+            Record::Exchanged => CapabilityKey::Exchanged(d.as_str()),
+            Record::Learned => CapabilityKey::Seen(d.as_str()),
+        };
+        if let Some(b) = store.capability(&key.to_string()).await? {
             return Ok(Some(b));
         }
     }
@@ -76,8 +90,8 @@ pub async fn effective(
     let version = match configured {
         Some(v) => (v, Source::Static),
         None => {
-            let exchanged = record(store, peer, "exchange").await?;
-            let learned = record(store, peer, "seen").await?;
+            let exchanged = record(store, peer, Record::Exchanged).await?;
+            let learned = record(store, peer, Record::Learned).await?;
             match (
                 exchanged.as_deref().and_then(record_version),
                 learned.as_deref().and_then(record_version),

@@ -286,7 +286,11 @@ pub async fn submit(
         let (state, peer, status, envelope, tid) = match route {
             Ok(Route::Local(n)) => {
                 ops.push(Op::Deliver {
-                    dedupe_key: format!("{message_id}|{}|{n}", cfg.system_address),
+                    dedupe_key: crate::keys::dedupe(
+                        &message_id,
+                        &cfg.system_address,
+                        &n.to_string(),
+                    ),
                     address: n.to_string(),
                     id,
                 });
@@ -390,12 +394,12 @@ pub async fn submit(
     all_ops.extend(ops);
     // The MM id finds the message too (GET /v1/messages/{mm id}, RES correlation).
     all_ops.push(Op::PutIndex {
-        key: format!("mid:{message_id}"),
+        key: crate::keys::IndexKey::MmId(&message_id).to_string(),
         value: id.to_string().into_bytes(),
     });
     for t in tids.iter().map(|(_, t)| t).chain(&unrouted_tids) {
         all_ops.push(Op::PutIndex {
-            key: format!("tid:{t}"),
+            key: crate::keys::IndexKey::Transaction(t).to_string(),
             value: id.to_string().into_bytes(),
         });
     }

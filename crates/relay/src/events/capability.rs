@@ -8,6 +8,7 @@ use std::time::Duration;
 use store::Op;
 
 use super::{EventError, Events};
+use crate::keys::CapabilityKey;
 
 /// How long an exchanged capability record is trusted before it is refreshed.
 pub const CAPABILITY_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -38,8 +39,8 @@ impl Events {
             };
             let mut fresh = false;
             for key in [
-                format!("exchange:{domain}"),
-                format!("exchange-sent:{domain}"),
+                CapabilityKey::Exchanged(domain.as_str()).to_string(),
+                CapabilityKey::ExchangeSent(domain.as_str()).to_string(),
             ] {
                 let at = self
                     .store
@@ -64,7 +65,7 @@ impl Events {
                     .1,
             );
             ops.push(Op::PutCapability {
-                peer: format!("exchange-sent:{domain}"),
+                peer: CapabilityKey::ExchangeSent(domain.as_str()).to_string(),
                 record: serde_json::json!({"at": now}).to_string().into_bytes(),
             });
         }

@@ -7,6 +7,7 @@ use store::{MsgId, Op};
 
 use super::{Effects, EventError, Events};
 use crate::cdr::RecordType;
+use crate::keys::{self, IndexKey};
 use crate::records::{Next, RcptState, StoredMessage};
 
 impl Events {
@@ -30,7 +31,7 @@ impl Events {
         let mm_id = pdu.mm_message_id().unwrap_or_default();
         let mut duplicates = 0;
         for n in local {
-            let first = self.store.dedupe(&format!("{mm_id}|{origin}|{n}")).await?;
+            let first = self.store.dedupe(&keys::dedupe(mm_id, &origin, n)).await?;
             if first.is_some_and(|f| f != id) {
                 duplicates += 1;
             }
@@ -132,7 +133,11 @@ impl Events {
             };
             fx.ops.extend(ops);
             fx.ops.push(Op::PutIndex {
-                key: format!("expdr:{id}:{n}"),
+                key: IndexKey::ExpiredReport {
+                    mm: id,
+                    subscriber: n,
+                }
+                .to_string(),
                 value: dr_id.to_string().into_bytes(),
             });
         }
@@ -145,7 +150,7 @@ impl Events {
         id: MsgId,
         subscriber: &str,
     ) -> Result<Vec<Op>, store::StoreError> {
-        let key = format!("expdr:{id}:{subscriber}");
+        let key = IndexKey::ExpiredReport { mm: id, subscriber }.to_string();
         let Some(dr_id) = self
             .store
             .index(&key)

@@ -27,6 +27,7 @@ use tokio::sync::{watch, Notify};
 use crate::cdr::{now_rfc3339, Cdr, CdrWriter, RecordType};
 use crate::clock::Clock;
 use crate::directory::Directory;
+use crate::keys::IndexKey;
 use crate::originate::{OriginateError, Originator};
 use crate::records::{from_bytes, Event, Next, RecipientState, StoredMessage};
 
@@ -303,12 +304,12 @@ impl Events {
             )
         };
         if let Some(t) = tid {
-            if let Some(id) = lookup(format!("tid:{}", mm4::parse::unquote(t))).await? {
+            if let Some(id) = lookup(IndexKey::Transaction(t).to_string()).await? {
                 return Ok(Some(id));
             }
         }
         match mm_id {
-            Some(m) => lookup(format!("mid:{}", mm4::parse::unquote(m))).await,
+            Some(m) => lookup(IndexKey::MmId(m).to_string()).await,
             None => Ok(None),
         }
     }

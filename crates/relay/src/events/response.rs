@@ -5,6 +5,7 @@ use store::{Op, StoreError};
 
 use super::{Effects, EventError, Events};
 use crate::cdr::RecordType;
+use crate::keys::CapabilityKey;
 use crate::records::{Next, RcptState, StoredMessage};
 
 impl Events {
@@ -132,7 +133,7 @@ impl Events {
                     "reports": caps.reports.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
                 });
                 fx.ops.push(Op::PutCapability {
-                    peer: format!("exchange:{domain}"),
+                    peer: CapabilityKey::Exchanged(domain.as_str()).to_string(),
                     record: record.to_string().into_bytes(),
                 });
             }
