@@ -89,7 +89,7 @@ pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(
             ack_resends: cfg.queue.ack_resends,
             client: smtp::client_driver::ClientConfig {
                 helo: cfg.mmse.hostname(),
-                timeouts: smtp::client_driver::Timeouts::default(),
+                timeouts: cfg.client.timeouts(),
                 tls: smtp::client_driver::TlsMode::Opportunistic,
                 tls_server_name: "mmsc.peer.invalid".into(),
                 connector: smtp::client_driver::unverified_connector(),

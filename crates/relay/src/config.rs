@@ -46,6 +46,8 @@ pub struct Config {
     pub queue: QueueConfig,
     #[serde(default)]
     pub cluster: ClusterConfig,
+    #[serde(default)]
+    pub client: ClientConfig,
     #[serde(default, rename = "peer")]
     pub peers: Vec<PeerConfig>,
     #[serde(default, rename = "route")]
@@ -314,6 +316,59 @@ fn default_event_batch() -> usize {
 }
 fn default_pool_idle() -> Dur {
     secs(30)
+}
+
+/// How long our SMTP client waits for a peer (RFC 5321 §4.5.3.2 defaults).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    #[serde(default = "default_five_minutes")]
+    pub greeting_timeout: Dur,
+    #[serde(default = "default_five_minutes")]
+    pub command_timeout: Dur,
+    #[serde(default = "default_data_init_timeout")]
+    pub data_init_timeout: Dur,
+    #[serde(default = "default_data_block_timeout")]
+    pub data_block_timeout: Dur,
+    #[serde(default = "default_final_dot_timeout")]
+    pub final_dot_timeout: Dur,
+}
+
+fn default_connect_timeout() -> Dur {
+    secs(30)
+}
+fn default_five_minutes() -> Dur {
+    secs(300)
+}
+fn default_data_init_timeout() -> Dur {
+    secs(120)
+}
+fn default_data_block_timeout() -> Dur {
+    secs(180)
+}
+fn default_final_dot_timeout() -> Dur {
+    secs(600)
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
+}
+
+impl ClientConfig {
+    pub fn timeouts(&self) -> smtp::client_driver::Timeouts {
+        smtp::client_driver::Timeouts {
+            connect: self.connect_timeout.0,
+            greeting: self.greeting_timeout.0,
+            command: self.command_timeout.0,
+            data_init: self.data_init_timeout.0,
+            data_block: self.data_block_timeout.0,
+            final_dot: self.final_dot_timeout.0,
+        }
+    }
 }
 
 /// This node's name and how long its claims on work last.
@@ -615,6 +670,21 @@ impl Config {
                 bad(key.into(), "must be at least 1".into());
             }
         }
+        for (key, d) in [
+            ("client.connect_timeout", self.client.connect_timeout.0),
+            ("client.greeting_timeout", self.client.greeting_timeout.0),
+            ("client.command_timeout", self.client.command_timeout.0),
+            ("client.data_init_timeout", self.client.data_init_timeout.0),
+            (
+                "client.data_block_timeout",
+                self.client.data_block_timeout.0,
+            ),
+            ("client.final_dot_timeout", self.client.final_dot_timeout.0),
+        ] {
+            if d < std::time::Duration::from_secs(1) {
+                bad(key.into(), "must be at least 1s".into());
+            }
+        }
         if self.cluster.node.trim().is_empty() {
             bad("cluster.node".into(), "must not be empty".into());
         }
@@ -725,6 +795,13 @@ mod tests {
         assert_eq!(c.mmse.bounce_address(), "mm4-bounce@mms.mnc001.mcc001.gprs");
         assert_eq!(c.store.path, PathBuf::from("./mmsrelay-data"));
         assert_eq!(c.queue.lifetime.0, Duration::from_secs(3 * 86400));
+        assert_eq!(c.queue.max_in_flight, 512);
+        assert_eq!(c.queue.max_in_flight_per_peer, 128);
+        assert_eq!(c.queue.event_batch, 200);
+        assert_eq!(c.queue.pool_idle.0, Duration::from_secs(30));
+        assert_eq!(c.cluster.lease.0, Duration::from_secs(30));
+        assert!(!c.cluster.node.is_empty());
+        assert_eq!(c.client.timeouts().final_dot, Duration::from_secs(600));
     }
 
     #[test]
@@ -733,6 +810,8 @@ mod tests {
         assert_eq!(c.peers.len(), 1);
         assert_eq!(c.peers[0].mode, PeerMode::Direct);
         assert_eq!(c.queue.retry_initial.0, Duration::from_secs(30));
+        assert_eq!(c.cluster.node, "a1");
+        assert_eq!(c.client.timeouts().data_init, Duration::from_secs(120));
     }
 
     #[test]
@@ -752,6 +831,12 @@ hosts = ["nohostport"]
 [[route]]
 prefix = "+33"
 peer = "hub"
+[queue]
+max_in_flight = 0
+[cluster]
+lease = "1s"
+[client]
+command_timeout = "0s"
 "#;
         let Err(ConfigError::Invalid(p)) = Config::from_toml(text) else {
             panic!("must be invalid")
@@ -764,6 +849,9 @@ peer = "hub"
             "smtp.max_recipients",
             "peer[0].hosts[0]",
             "route[0].peer",
+            "queue.max_in_flight",
+            "cluster.lease",
+            "client.command_timeout",
         ] {
             assert!(paths.contains(&want), "{want} missing from {paths:?}");
         }

@@ -173,44 +173,81 @@ fn parse_addr(field: &str, s: &str) -> Result<Address, SubmitError> {
         .map_err(|e| invalid(field, e.to_string()))
 }
 
-/// Stores a submission; the scheduler delivers it.
-pub async fn submit(
-    req: SubmitRequest,
+/// A submission that passed validation.
+struct Valid {
+    from: Address,
+    to: Vec<Address>,
+    cc: Vec<Address>,
+    bcc: Vec<Address>,
+    expiry: Option<Expiry>,
+    /// Unix ms when undelivered recipients expire.
+    expires_ms: i64,
+    priority: Option<Priority>,
+    class: Option<MessageClass>,
+}
+
+/// The REQ as written once for every recipient MMSE.
+struct Built {
+    message_id: String,
+    base_tid: String,
+    bytes: Vec<u8>,
+}
+
+/// Where one recipient goes.
+struct Planned {
+    /// Envelope form.
+    envelope: String,
+    state: RcptState,
+    peer: Option<String>,
+    status: Option<RequestStatus>,
+    tid: Option<String>,
+    /// The subscriber's mailbox, for a recipient of ours.
+    local: Option<String>,
+    /// As the API reports it.
+    shown: String,
+}
+
+fn parse_list(field: &str, list: &[String]) -> Result<Vec<Address>, SubmitError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, a)| parse_addr(&format!("{field}[{i}]"), a))
+        .collect()
+}
+
+fn parse_value<T: std::str::FromStr>(
+    field: &str,
+    v: &Option<String>,
+) -> Result<Option<T>, SubmitError>
+where
+    T::Err: std::fmt::Display,
+{
+    v.as_ref()
+        .map(|p| p.parse::<T>().map_err(|e| invalid(field, e.to_string())))
+        .transpose()
+}
+
+/// Checks every field; the first problem names its field.
+fn validate(
+    req: &SubmitRequest,
     cfg: &SubmitConfig,
     router: &Router,
-    store: &dyn Spool,
-    now_ms: i64,
-) -> Result<Submitted, SubmitError> {
+    now: time::OffsetDateTime,
+) -> Result<Valid, SubmitError> {
     let from = parse_addr("from", &req.from)?;
     if from.e164().is_none_or(|n| !router.dir.is_local(n)) {
         return Err(invalid("from", "not a subscriber of this MMSE"));
     }
-    let to: Vec<Address> = req
-        .to
-        .iter()
-        .enumerate()
-        .map(|(i, a)| parse_addr(&format!("to[{i}]"), a))
-        .collect::<Result<_, _>>()?;
-    let cc: Vec<Address> = req
-        .cc
-        .iter()
-        .enumerate()
-        .map(|(i, a)| parse_addr(&format!("cc[{i}]"), a))
-        .collect::<Result<_, _>>()?;
-    let bcc: Vec<Address> = req
-        .bcc
-        .iter()
-        .enumerate()
-        .map(|(i, a)| parse_addr(&format!("bcc[{i}]"), a))
-        .collect::<Result<_, _>>()?;
+    let (to, cc, bcc) = (
+        parse_list("to", &req.to)?,
+        parse_list("cc", &req.cc)?,
+        parse_list("bcc", &req.bcc)?,
+    );
     if to.is_empty() && cc.is_empty() && bcc.is_empty() {
         return Err(invalid("to", "at least one recipient"));
     }
     if req.parts.is_empty() {
         return Err(invalid("parts", "at least one part"));
     }
-    let now = time::OffsetDateTime::from_unix_timestamp_nanos(now_ms as i128 * 1_000_000)
-        .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
     let expiry = match &req.expiry {
         None => None,
         Some(e) => Some(
@@ -225,37 +262,42 @@ pub async fn submit(
         ),
     };
     let expires_at = expiry.map(|e| e.resolve(now)).unwrap_or(now + cfg.lifetime);
-    let expires_ms = (expires_at.unix_timestamp_nanos() / 1_000_000) as i64;
+    Ok(Valid {
+        from,
+        to,
+        cc,
+        bcc,
+        expiry,
+        expires_ms: crate::clock::to_ms(expires_at),
+        priority: parse_value("priority", &req.priority)?,
+        class: parse_value("class", &req.class)?,
+    })
+}
 
+/// Writes the REQ (its transaction id is replaced per recipient MMSE when it goes out).
+fn build(
+    req: &SubmitRequest,
+    v: &Valid,
+    cfg: &SubmitConfig,
+    now: time::OffsetDateTime,
+) -> Result<Built, SubmitError> {
     let (content_type, body) = build_body(&req.parts)?;
     let message_id = format!("{}@{}", unique("M"), cfg.domain);
     let base_tid = unique("T");
     let mut fwd = ForwardReq::new(message_id.clone());
-    fwd.cc = cc.iter().map(Address::without_domain).collect();
+    fwd.cc = v.cc.iter().map(Address::without_domain).collect();
     fwd.subject = req.subject.clone();
-    fwd.expiry = expiry;
+    fwd.expiry = v.expiry;
     fwd.delivery_report = Some(req.delivery_report);
     fwd.read_reply = Some(req.read_reply);
-    fwd.priority = match &req.priority {
-        None => None,
-        Some(p) => Some(
-            p.parse::<Priority>()
-                .map_err(|e| invalid("priority", e.to_string()))?,
-        ),
-    };
-    fwd.message_class = match &req.class {
-        None => None,
-        Some(c) => Some(
-            c.parse::<MessageClass>()
-                .map_err(|e| invalid("class", e.to_string()))?,
-        ),
-    };
+    fwd.priority = v.priority;
+    fwd.message_class = v.class.clone();
     let mut pdu = Pdu::new(base_tid.clone(), Kind::ForwardReq(Box::new(fwd)));
     pdu.date = Some(now.replace_nanosecond(0).unwrap_or(now));
     pdu.rfc822_message_id = Some(format!("<{}>", unique("m") + "@" + cfg.domain.as_str()));
-    pdu.from = Some(from.without_domain());
-    pdu.to = to.iter().map(Address::without_domain).collect();
-    pdu.sender = Some(from.with_domain(cfg.domain.clone()));
+    pdu.from = Some(v.from.without_domain());
+    pdu.to = v.to.iter().map(Address::without_domain).collect();
+    pdu.sender = Some(v.from.with_domain(cfg.domain.clone()));
     pdu.ack_request = Some(true);
     pdu.originator_system = cfg.system_address.parse().ok();
     pdu.body = Some(Body {
@@ -271,44 +313,38 @@ pub async fn submit(
             limit: cfg.max_size,
         });
     }
+    Ok(Built {
+        message_id,
+        base_tid,
+        bytes,
+    })
+}
 
-    let id = store.next_id();
-    let mut ops = Vec::new();
-    let mut accepted = Vec::new();
-    let mut stored_rcpts = Vec::new();
-    // One transaction id per recipient MMSE; the first keeps the base.
+/// Routes every recipient: ours are filed, others queued for their peer with one transaction
+/// id per recipient MMSE (the first keeps the base); one whose routing failed for now (DNS)
+/// is queued unrouted with a transaction id of its own.
+async fn plan(v: &Valid, cfg: &SubmitConfig, router: &Router, base_tid: &str) -> Vec<Planned> {
     let mut tids: Vec<(String, String)> = Vec::new();
-    let mut unrouted_tids: Vec<String> = Vec::new();
-    let all: Vec<&Address> = to.iter().chain(&cc).chain(&bcc).collect();
-    for (idx, a) in all.into_iter().enumerate() {
-        let idx = idx as u32;
-        let route = router.route(a).await;
-        let (state, peer, status, envelope, tid) = match route {
-            Ok(Route::Local(n)) => {
-                ops.push(Op::Deliver {
-                    dedupe_key: crate::keys::dedupe(
-                        &message_id,
-                        &cfg.system_address,
-                        &n.to_string(),
-                    ),
-                    address: n.to_string(),
-                    id,
-                });
-                (
-                    RcptState::DeliveredLocal,
-                    None,
-                    None,
-                    a.with_domain(cfg.domain.clone()).to_string(),
-                    None,
-                )
-            }
+    let mut out = Vec::new();
+    for (idx, a) in v.to.iter().chain(&v.cc).chain(&v.bcc).enumerate() {
+        let shown = a.without_domain().to_string();
+        let p = match router.route(a).await {
+            Ok(Route::Local(n)) => Planned {
+                envelope: a.with_domain(cfg.domain.clone()).to_string(),
+                state: RcptState::DeliveredLocal,
+                peer: None,
+                status: None,
+                tid: None,
+                local: Some(n.to_string()),
+                shown,
+            },
             Ok(Route::Peer { peer, domain, .. }) => {
                 let name = router.dir.peers[peer].cfg.name.clone();
                 let tid = match tids.iter().find(|(p, _)| *p == name) {
                     Some((_, t)) => t.clone(),
                     None => {
                         let t = if tids.is_empty() {
-                            base_tid.clone()
+                            base_tid.to_string()
                         } else {
                             format!("{base_tid}-{}", tids.len() + 1)
                         };
@@ -316,97 +352,159 @@ pub async fn submit(
                         t
                     }
                 };
-                let env = a.envelope(Some(&domain)).unwrap_or_else(|_| a.to_string());
-                (RcptState::Queued, Some(name), None, env, Some(tid))
+                Planned {
+                    envelope: a.envelope(Some(&domain)).unwrap_or_else(|_| a.to_string()),
+                    state: RcptState::Queued,
+                    peer: Some(name),
+                    status: None,
+                    tid: Some(tid),
+                    local: None,
+                    shown,
+                }
             }
-            Ok(Route::Unresolvable) => (
-                RcptState::Failed,
-                None,
-                Some(
-                    RequestStatus::ErrorSendingAddressUnresolved
-                        .as_str()
-                        .to_string(),
-                ),
-                a.to_string(),
-                None,
-            ),
-            // DNS trouble: queued unrouted; the scheduler routes it again, by its own address.
-            // Its own transaction id too: whichever MMSE it turns out to belong to, no other
-            // peer's RES can ever settle it.
-            Err(_) => {
-                let t = format!("{base_tid}-u{idx}");
-                unrouted_tids.push(t.clone());
-                (RcptState::Queued, None, None, a.to_string(), Some(t))
-            }
+            Ok(Route::Unresolvable) => Planned {
+                envelope: a.to_string(),
+                state: RcptState::Failed,
+                peer: None,
+                status: Some(RequestStatus::ErrorSendingAddressUnresolved),
+                tid: None,
+                local: None,
+                shown,
+            },
+            // Routed again by the scheduler, by its own address. Its own transaction id too:
+            // whichever MMSE it turns out to belong to, no other peer's RES can settle it.
+            Err(_) => Planned {
+                envelope: a.to_string(),
+                state: RcptState::Queued,
+                peer: None,
+                status: None,
+                tid: Some(format!("{base_tid}-u{idx}")),
+                local: None,
+                shown,
+            },
         };
-        let mut st = RecipientState::new(envelope.clone(), state, peer.clone(), now_ms);
-        st.status_code = status.clone();
-        if state == RcptState::Failed {
+        out.push(p);
+    }
+    out
+}
+
+/// The one commit of a submission: the message, each recipient, its lookups.
+fn ops(
+    id: MsgId,
+    v: &Valid,
+    b: Built,
+    planned: &[Planned],
+    req: &SubmitRequest,
+    cfg: &SubmitConfig,
+    now_ms: i64,
+) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let mut tids: Vec<&str> = Vec::new();
+    for (idx, p) in planned.iter().enumerate() {
+        if let Some(n) = &p.local {
+            ops.push(Op::Deliver {
+                dedupe_key: crate::keys::dedupe(&b.message_id, &cfg.system_address, n),
+                address: n.clone(),
+                id,
+            });
+        }
+        let mut st = RecipientState::new(p.envelope.clone(), p.state, p.peer.clone(), now_ms);
+        st.status_code = p.status.map(|s| s.as_str().to_string());
+        if p.state == RcptState::Failed {
             st.status_text = Some("no route to the recipient's MMSE".into());
         }
-        st.tid = tid;
-        let due = (state == RcptState::Queued).then_some(now_ms.max(0) as u64);
-        ops.push(st.op(id, idx, due, store::Guard::None));
-        stored_rcpts.push(StoredRcpt {
-            address: envelope.clone(),
-            kind: if state == RcptState::DeliveredLocal {
-                RcptKind::Local
-            } else {
-                RcptKind::Transit
-            },
-            peer: peer.clone(),
-            orcpt: None,
-        });
-        accepted.push(Accepted {
-            address: a.without_domain().to_string(),
-            state,
-            peer,
-            status_code: status,
-        });
+        st.tid = p.tid.clone();
+        if let Some(t) = p.tid.as_deref().filter(|t| !tids.contains(t)) {
+            tids.push(t);
+        }
+        let due = (p.state == RcptState::Queued).then_some(now_ms.max(0) as u64);
+        ops.push(st.op(id, idx as u32, due, store::Guard::None));
     }
     let meta = StoredMessage {
         received_at: now_ms,
         source: "api".into(),
         peer: None,
         helo: String::new(),
-        mail_from: from.with_domain(cfg.domain.clone()).to_string(),
-        rcpts: stored_rcpts,
+        mail_from: v.from.with_domain(cfg.domain.clone()).to_string(),
+        rcpts: planned
+            .iter()
+            .map(|p| StoredRcpt {
+                address: p.envelope.clone(),
+                kind: if p.local.is_some() {
+                    RcptKind::Local
+                } else {
+                    RcptKind::Transit
+                },
+                peer: p.peer.clone(),
+                orcpt: None,
+            })
+            .collect(),
         kind: MessageKind::Mm4 {
             message_type: mm4::MessageType::ForwardReq.as_str().into(),
         },
-        transaction_id: Some(base_tid),
-        mm_message_id: Some(message_id.clone()),
+        transaction_id: Some(b.base_tid.clone()),
+        mm_message_id: Some(b.message_id.clone()),
         originator_system: Some(cfg.system_address.clone()),
-        size: bytes.len(),
+        size: b.bytes.len(),
         xmm4_sync: false,
         tls: false,
         envid: None,
-        expires_at: Some(expires_ms),
+        expires_at: Some(v.expires_ms),
         originated: true,
-        from: Some(from.without_domain().to_string()),
+        from: Some(v.from.without_domain().to_string()),
         subject: req.subject.clone(),
     };
-    let mut all_ops = vec![Op::PutMessage {
-        id,
-        meta: to_bytes(&meta),
-        body: bytes,
-    }];
-    all_ops.extend(ops);
-    // The MM id finds the message too (GET /v1/messages/{mm id}, RES correlation).
-    all_ops.push(Op::PutIndex {
-        key: crate::keys::IndexKey::MmId(&message_id).to_string(),
+    // The MM id finds the message too (GET /v1/messages/{mm id}, report correlation), and each
+    // transaction id finds it for its RES.
+    let mut lookups = vec![Op::PutIndex {
+        key: crate::keys::IndexKey::MmId(&b.message_id).to_string(),
         value: id.to_string().into_bytes(),
-    });
-    for t in tids.iter().map(|(_, t)| t).chain(&unrouted_tids) {
-        all_ops.push(Op::PutIndex {
+    }];
+    for t in tids {
+        lookups.push(Op::PutIndex {
             key: crate::keys::IndexKey::Transaction(t).to_string(),
             value: id.to_string().into_bytes(),
         });
     }
-    store.commit(all_ops).await?;
+    let mut all = vec![Op::PutMessage {
+        id,
+        meta: to_bytes(&meta),
+        body: b.bytes,
+    }];
+    all.extend(ops);
+    all.extend(lookups);
+    all
+}
+
+/// Stores a submission (validate → build → plan recipients → one commit); the scheduler
+/// delivers it.
+pub async fn submit(
+    req: SubmitRequest,
+    cfg: &SubmitConfig,
+    router: &Router,
+    store: &dyn Spool,
+    now_ms: i64,
+) -> Result<Submitted, SubmitError> {
+    let now = crate::clock::from_ms(now_ms);
+    let v = validate(&req, cfg, router, now)?;
+    let built = build(&req, &v, cfg, now)?;
+    let message_id = built.message_id.clone();
+    let planned = plan(&v, cfg, router, &built.base_tid).await;
+    let id = store.next_id();
+    store
+        .commit(ops(id, &v, built, &planned, &req, cfg, now_ms))
+        .await?;
     Ok(Submitted {
         id,
         message_id,
-        recipients: accepted,
+        recipients: planned
+            .into_iter()
+            .map(|p| Accepted {
+                address: p.shown,
+                state: p.state,
+                peer: p.peer,
+                status_code: p.status.map(|s| s.as_str().to_string()),
+            })
+            .collect(),
     })
 }
