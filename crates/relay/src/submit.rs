@@ -291,7 +291,7 @@ fn build(
     fwd.delivery_report = Some(req.delivery_report);
     fwd.read_reply = Some(req.read_reply);
     fwd.priority = v.priority;
-    fwd.message_class = v.class.clone();
+    fwd.message_class = v.class;
     let mut pdu = Pdu::new(base_tid.clone(), Kind::ForwardReq(Box::new(fwd)));
     pdu.date = Some(now.replace_nanosecond(0).unwrap_or(now));
     pdu.rfc822_message_id = Some(format!("<{}>", unique("m") + "@" + cfg.domain.as_str()));
