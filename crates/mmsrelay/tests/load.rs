@@ -8,8 +8,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -32,52 +31,21 @@ fn header<'a>(data: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// Operator B: takes every mail on `127.0.0.2:<port>`; each forward's (tid, MM id) goes to
-/// `answers` when `answers` is set.
+/// Operator B on 127.0.0.2: takes every mail; each forward's (tid, MM id) goes to `answers`
+/// when `answers` is set.
 fn scripted_peer(seen: Arc<Seen>, answers: Option<mpsc::Sender<(String, String)>>) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.2:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            let (seen, answers) = (seen.clone(), answers.clone());
-            std::thread::spawn(move || {
-                let mut w = s.try_clone().unwrap();
-                let mut r = BufReader::new(s);
-                let _ = w.write_all(b"220 peer-b ESMTP\r\n");
-                let mut line = String::new();
-                let mut data: Option<String> = None;
-                while r.read_line(&mut line).unwrap_or(0) > 0 {
-                    if let Some(d) = data.as_mut() {
-                        if line == ".\r\n" {
-                            let d = data.take().unwrap();
-                            let tid = header(&d, "X-Mms-Transaction-ID").unwrap_or("").to_string();
-                            let mid = header(&d, "X-Mms-Message-ID").unwrap_or("").to_string();
-                            *seen.by_tid.lock().unwrap().entry(tid.clone()).or_default() += 1;
-                            seen.total.fetch_add(1, Ordering::SeqCst);
-                            let _ = w.write_all(b"250 2.0.0 queued\r\n");
-                            if let Some(a) = &answers {
-                                let _ = a.send((tid, mid));
-                            }
-                        } else {
-                            d.push_str(line.strip_prefix('.').unwrap_or(&line));
-                        }
-                    } else if line.starts_with("DATA") {
-                        let _ = w.write_all(b"354 go\r\n");
-                        data = Some(String::new());
-                    } else if line.starts_with("EHLO") {
-                        let _ = w.write_all(b"250-peer-b\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n");
-                    } else if line.starts_with("QUIT") {
-                        let _ = w.write_all(b"221 bye\r\n");
-                        break;
-                    } else {
-                        let _ = w.write_all(b"250 2.0.0 ok\r\n");
-                    }
-                    line.clear();
-                }
-            });
+    let answers = answers.map(Mutex::new);
+    sink_on("127.0.0.2", move |data| {
+        let tid = header(data, "X-Mms-Transaction-ID")
+            .unwrap_or("")
+            .to_string();
+        let mid = header(data, "X-Mms-Message-ID").unwrap_or("").to_string();
+        *seen.by_tid.lock().unwrap().entry(tid.clone()).or_default() += 1;
+        seen.total.fetch_add(1, Ordering::SeqCst);
+        if let Some(a) = &answers {
+            let _ = a.lock().unwrap().send((tid, mid));
         }
-    });
-    addr
+    })
 }
 
 /// The RES B sends for a forward.
@@ -118,51 +86,24 @@ fn res_senders(a: SocketAddr, rx: mpsc::Receiver<(String, String)>, n: usize) {
     }
 }
 
-/// Relay A: subscribers +1555, operator B (+49172) through the scripted peer, `extra` after.
+/// Relay A (the common configuration: subscribers +1555, operator B from 127.0.0.2) with B
+/// reached at the scripted peer, `extra` after B's table.
 fn relay_a(name: &str, peer: SocketAddr, extra: &str) -> (testbed::TempDir, Relay, String) {
     let dir = testbed::TempDir::new(name);
     let smtp: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
         .parse()
         .unwrap();
-    let api = free_port("127.0.0.1");
-    let cfg = format!(
-        r#"
-[mmse]
-domain = "{DOMAIN}"
-local_prefixes = ["+1555"]
-
-[smtp]
-listen = ["{smtp}"]
-max_connections_per_source = 1000
-
-[api]
-listen = "127.0.0.1:{api}"
-
-[dns]
-servers = ["127.0.0.1:9"]
-enum_suffixes = []
-
-[store]
-path = "{store}"
-
-[queue]
-ack_timeout = "10m"
-
-[[peer]]
-name = "operator-b"
-domains = ["mms.mnc002.mcc262.gprs"]
-prefixes = ["+49172"]
-allow = ["127.0.0.2/32"]
-hosts = ["{peer}"]
-tls = "none"
-max_connections = 8
-
-{extra}
-"#,
-        store = dir.0.join("data").display()
+    let cfg = config(
+        &dir.0,
+        smtp,
+        "max_connections_per_source = 1000",
+        &format!(
+            "hosts = [\"{peer}\"]\ntls = \"none\"\nmax_connections = 8\n{extra}\n\
+[queue]\nack_timeout = \"10m\"\n"
+        ),
     );
     let relay = Relay::start(&dir.0, &cfg, smtp);
-    (dir, relay, format!("http://127.0.0.1:{api}"))
+    (dir, relay, api_url(&cfg))
 }
 
 /// Waits until A's queue is empty (every recipient settled), at most `limit`.

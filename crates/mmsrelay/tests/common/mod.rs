@@ -384,29 +384,41 @@ pub fn wait_api(
 /// extensions); counts the messages it took.
 pub fn blackhole() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
     let count = std::sync::Arc::new(AtomicUsize::new(0));
     let c = count.clone();
+    let addr = sink_on("127.0.0.1", move |_| {
+        c.fetch_add(1, Ordering::SeqCst);
+    });
+    (addr, count)
+}
+
+/// An SMTP server on `ip` (port chosen by the system) that takes every mail with `250` and then
+/// hands its data (dot-stuffed, as received) to `taken`.
+#[allow(dead_code)]
+pub fn sink_on(ip: &str, taken: impl Fn(&str) + Send + Sync + 'static) -> SocketAddr {
+    let l = TcpListener::bind(format!("{ip}:0")).unwrap();
+    let addr = l.local_addr().unwrap();
+    let taken = std::sync::Arc::new(taken);
     std::thread::spawn(move || {
         for s in l.incoming().flatten() {
-            let c = c.clone();
+            let taken = taken.clone();
             std::thread::spawn(move || {
                 let mut w = s.try_clone().unwrap();
                 let mut r = BufReader::new(s);
                 let _ = w.write_all(b"220 blackhole ESMTP\r\n");
-                let mut in_data = false;
+                let mut data: Option<String> = None;
                 let mut line = String::new();
                 while r.read_line(&mut line).unwrap_or(0) > 0 {
-                    if in_data {
+                    if let Some(d) = data.as_mut() {
                         if line == ".\r\n" {
-                            c.fetch_add(1, Ordering::SeqCst);
                             let _ = w.write_all(b"250 2.0.0 taken\r\n");
-                            in_data = false;
+                            taken(&data.take().unwrap_or_default());
+                        } else {
+                            d.push_str(&line);
                         }
                     } else if line.starts_with("DATA") {
                         let _ = w.write_all(b"354 go\r\n");
-                        in_data = true;
+                        data = Some(String::new());
                     } else if line.starts_with("EHLO") {
                         let _ = w.write_all(b"250-blackhole\r\n250 PIPELINING\r\n");
                     } else if line.starts_with("QUIT") {
@@ -420,7 +432,18 @@ pub fn blackhole() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize
             });
         }
     });
-    (addr, count)
+    addr
+}
+
+/// The API's URL in a configuration made by [`config`].
+#[allow(dead_code)]
+pub fn api_url(toml: &str) -> String {
+    let listen = toml
+        .split("[api]")
+        .nth(1)
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("listen = ")))
+        .expect("an [api] listen line");
+    format!("http://{}", listen.trim_matches('"'))
 }
 
 /// Polls `GET /v1/messages/{id}` until `cond` holds.

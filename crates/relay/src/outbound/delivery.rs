@@ -30,6 +30,17 @@ struct Outcome {
     due: Option<u64>,
 }
 
+/// Every member changed by `change` and taken out of the queue.
+fn out_of_queue(members: Vec<Member>, change: impl Fn(&mut RecipientState)) -> Vec<Outcome> {
+    members
+        .into_iter()
+        .map(|mut member| {
+            change(&mut member.st);
+            Outcome { member, due: None }
+        })
+        .collect()
+}
+
 impl Outbound {
     /// Writes results, each under its claim; which ones were applied.
     async fn commit_outcomes(
@@ -57,39 +68,23 @@ impl Outbound {
         };
         let Some(meta) = meta else {
             // Recipients without their message: nothing can ever be sent; say so on them.
-            let outcomes = g
-                .members
-                .into_iter()
-                .map(|mut m| {
-                    m.st.conclude(
-                        RcptState::Failed,
-                        mm4::RequestStatus::ErrorUnspecified.as_str(),
-                        "the stored message is missing",
-                        now,
-                    );
-                    Outcome {
-                        member: m,
-                        due: None,
-                    }
-                })
-                .collect::<Vec<_>>();
+            let outcomes = out_of_queue(g.members, |st| {
+                st.conclude(
+                    RcptState::Failed,
+                    mm4::RequestStatus::ErrorUnspecified.as_str(),
+                    "the stored message is missing",
+                    now,
+                )
+            });
             self.commit_outcomes(g.id, &outcomes).await?;
             return Ok(());
         };
 
         // Expired while queued: no attempt.
         if meta.expires_at.is_some_and(|e| now >= e) {
-            let outcomes = g
-                .members
-                .into_iter()
-                .map(|mut m| {
-                    expire(&mut m.st, now, "not delivered before expiry");
-                    Outcome {
-                        member: m,
-                        due: None,
-                    }
-                })
-                .collect::<Vec<_>>();
+            let outcomes = out_of_queue(g.members, |st| {
+                expire(st, now, "not delivered before expiry")
+            });
             self.commit_outcomes(g.id, &outcomes).await?;
             return Ok(());
         }

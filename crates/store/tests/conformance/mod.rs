@@ -2,7 +2,7 @@
 //! guards (compare and set, leases), claims with expiry and fencing, due order per queue,
 //! de-duplication, events, named jobs, summaries, reopening.
 //!
-//! A backend's test file implements [`Backend`] and calls [`run_all`]; each check starts from
+//! A backend's test file implements [`Backend`] and invokes `battery!`; each check starts from
 //! an empty store.
 
 use std::collections::HashSet;
@@ -50,6 +50,26 @@ fn put(id: MsgId) -> Op {
 
 async fn one(s: &dyn Spool, op: Op) -> OpResult {
     s.commit(vec![op]).await.unwrap()[0]
+}
+
+/// A fresh store holding one message with one recipient in `state`, due at `at` in queue `b`.
+async fn one_due(b: &dyn Backend, state: &str, at: u64) -> (Arc<dyn Spool>, MsgId) {
+    let s = b.fresh();
+    let id = s.next_id();
+    s.commit(vec![
+        put(id),
+        set(id, 0, state, Some((at, "b")), Guard::None),
+    ])
+    .await
+    .unwrap();
+    (s, id)
+}
+
+/// The one recipient due in queue `b`, claimed by `owner` at `now`.
+async fn claim_one(s: &dyn Spool, owner: &str, now: u64) -> Claimed {
+    let mut got = s.claim_due("b", &req(owner, now, 1)).await.unwrap();
+    assert_eq!(got.len(), 1, "one claim for {owner} at {now}");
+    got.remove(0)
 }
 
 /// One test per check of the battery for a backend: `battery!(|| backend);`.
@@ -172,14 +192,7 @@ pub async fn the_store_moves_the_due_entry_and_counts_queues(b: &dyn Backend) {
 }
 
 pub async fn compare_and_set_by_version(b: &dyn Backend) {
-    let s = b.fresh();
-    let id = s.next_id();
-    s.commit(vec![
-        put(id),
-        set(id, 0, "queued", Some((1, "b")), Guard::None),
-    ])
-    .await
-    .unwrap();
+    let (s, id) = one_due(b, "queued", 1).await;
     let v = s.recipients(id).await.unwrap()[0].version;
     assert_eq!(
         one(&*s, set(id, 0, "stale", None, Guard::Version(v + 1))).await,
@@ -240,14 +253,7 @@ pub async fn claims_follow_due_order_per_queue_and_exclude_each_other(b: &dyn Ba
 pub async fn a_finished_claim_is_not_handed_out_again(b: &dyn Backend) {
     // The duplicate-send defect: a delivery that finished between a scheduler's read of the due
     // index and its dispatch was sent again. Finishing and claiming now go through the store.
-    let s = b.fresh();
-    let id = s.next_id();
-    s.commit(vec![
-        put(id),
-        set(id, 0, "queued", Some((10, "b")), Guard::None),
-    ])
-    .await
-    .unwrap();
+    let (s, id) = one_due(b, "queued", 10).await;
     for round in 0..50u64 {
         let got = s
             .claim_due("b", &req("n1", 1000 + round, 10))
@@ -277,19 +283,8 @@ pub async fn a_finished_claim_is_not_handed_out_again(b: &dyn Backend) {
 }
 
 pub async fn an_expired_claim_is_taken_over_and_the_late_owner_is_refused(b: &dyn Backend) {
-    let s = b.fresh();
-    let id = s.next_id();
-    s.commit(vec![
-        put(id),
-        set(id, 0, "queued", Some((10, "b")), Guard::None),
-    ])
-    .await
-    .unwrap();
-    let first = s
-        .claim_due("b", &req("dead", 1000, 1))
-        .await
-        .unwrap()
-        .remove(0);
+    let (s, id) = one_due(b, "queued", 10).await;
+    let first = claim_one(&*s, "dead", 1000).await;
     let lease_ms = LEASE.as_millis() as u64;
     assert!(
         s.claim_due("b", &req("n2", 1000 + lease_ms - 1, 1))
@@ -298,11 +293,7 @@ pub async fn an_expired_claim_is_taken_over_and_the_late_owner_is_refused(b: &dy
             .is_empty(),
         "held until the lease ends"
     );
-    let second = s
-        .claim_due("b", &req("n2", 1000 + lease_ms, 1))
-        .await
-        .unwrap()
-        .remove(0);
+    let second = claim_one(&*s, "n2", 1000 + lease_ms).await;
     assert!(second.token > first.token, "the fencing token grows");
     assert_eq!(
         one(&*s, set(id, 0, "late", None, first.guard())).await,
@@ -319,19 +310,8 @@ pub async fn an_expired_claim_is_taken_over_and_the_late_owner_is_refused(b: &dy
 pub async fn a_write_by_someone_else_ends_the_claim(b: &dyn Backend) {
     // A RES or an operator's action lands while a delivery holds the recipient: the delivery's
     // result must not overwrite it.
-    let s = b.fresh();
-    let id = s.next_id();
-    s.commit(vec![
-        put(id),
-        set(id, 0, "forwarded", Some((10, "b")), Guard::None),
-    ])
-    .await
-    .unwrap();
-    let c = s
-        .claim_due("b", &req("n1", 1000, 1))
-        .await
-        .unwrap()
-        .remove(0);
+    let (s, id) = one_due(b, "forwarded", 10).await;
+    let c = claim_one(&*s, "n1", 1000).await;
     assert_eq!(
         one(
             &*s,
@@ -351,19 +331,8 @@ pub async fn a_write_by_someone_else_ends_the_claim(b: &dyn Backend) {
 }
 
 pub async fn renewing_keeps_a_claim(b: &dyn Backend) {
-    let s = b.fresh();
-    let id = s.next_id();
-    s.commit(vec![
-        put(id),
-        set(id, 0, "queued", Some((10, "b")), Guard::None),
-    ])
-    .await
-    .unwrap();
-    let c = s
-        .claim_due("b", &req("n1", 1000, 1))
-        .await
-        .unwrap()
-        .remove(0);
+    let (s, id) = one_due(b, "queued", 10).await;
+    let c = claim_one(&*s, "n1", 1000).await;
     let lease_ms = LEASE.as_millis() as u64;
     s.renew("n1", 1000 + lease_ms - 1, LEASE).await.unwrap();
     assert!(
