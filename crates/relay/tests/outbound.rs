@@ -183,15 +183,28 @@ impl Engine {
         id: MsgId,
         cond: impl Fn(&[RecipientState]) -> bool,
     ) -> Vec<RecipientState> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let s = eventually("the recipients' states", || async {
             let s = self.states(id).await;
-            if cond(&s) {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "timed out; states: {s:#?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            cond(&s).then_some(s)
+        })
+        .await;
+        s
+    }
+}
+
+/// Polls `probe` (in real time: the scheduler's tasks do real I/O) until it gives a value; at
+/// most 10 s.
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut probe: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = probe().await {
+            return v;
         }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -497,13 +510,9 @@ Content-Transfer-Encoding: 8bit\r\n\r\nGrüße aus Paris\r\n--b--\r\n";
     );
 }
 
-/// Waits (in real time, for the scheduler's tasks) until `cond` holds of `p`.
+/// Waits until `cond` holds of `p`.
 async fn until_peer(p: &Peer, what: &str, cond: impl Fn(&Peer) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond(p) {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(what, || async { cond(p).then_some(()) }).await
 }
 
 const C: &str = "mms.mnc007.mcc262.gprs";
