@@ -470,7 +470,7 @@ async fn post_report(
     );
     let tid = pdu.transaction_id.clone();
     let mt = pdu.message_type();
-    let mut ops = match originator.queue(&pdu, &rcpt, None, None) {
+    let mut ops = match originator.queue(&pdu, &rcpt, None, None).await {
         Ok((_, ops)) => ops,
         Err(crate::originate::OriginateError::NoPeer(_)) => {
             return Err(ApiError(

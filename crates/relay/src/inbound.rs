@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use mm4::{Address, Kind, MessageType, ParseError, RequestStatus};
 use smtp::{codes, MailFrom, PeerInfo, Policy, RcptTo, ReceivedMessage, Reply};
-use store::{Op, OpResult, Spool};
+use store::{MsgId, Op, OpResult, Spool};
 
 use crate::directory::{mm4_reply, Directory, RcptClass};
 use crate::records::{
@@ -164,13 +164,12 @@ impl Inbound {
         }
     }
 
-    /// Decides what a message becomes, without touching the store.
-    fn plan(&self, msg: &ReceivedMessage) -> Result<Plan, Reply> {
+    /// Decides what a message becomes (stored as `id`), without touching the store.
+    fn plan(&self, id: MsgId, msg: &ReceivedMessage) -> Result<Plan, Reply> {
         let to_bounce = msg
             .rcpts
             .iter()
             .any(|r| r.address.eq_ignore_ascii_case(&self.dir.bounce_address));
-        let id = self.store.next_id();
         let queued = || codes::ok(format!("Ok: queued as {id}"));
 
         if to_bounce && mm4::dsn::looks_like_dsn(&msg.data) {
@@ -411,7 +410,14 @@ impl Inbound {
 
 impl smtp::driver::MessageHandler for Inbound {
     async fn commit(&self, msg: ReceivedMessage) -> Reply {
-        let mut plan = match self.plan(&msg) {
+        let id = match self.store.next_id().await {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!(error = %e, "no message id: not stored");
+                return codes::storage_failed();
+            }
+        };
+        let mut plan = match self.plan(id, &msg) {
             Ok(p) => p,
             Err(reply) => {
                 self.metrics.inc(

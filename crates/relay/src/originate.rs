@@ -20,6 +20,8 @@ pub enum OriginateError {
     Emit(String),
     #[error("no peer serves {0}")]
     NoPeer(String),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
 }
 
 /// A fresh transaction id for PDUs we originate: a tag, the time, a sequence number.
@@ -140,7 +142,7 @@ impl Originator {
 
     /// The ops that store `pdu` for delivery to `rcpt` (routed by its domain, or to `peer`),
     /// due at `at` (unix ms) or now; and the new message's id.
-    pub fn queue(
+    pub async fn queue(
         &self,
         pdu: &Pdu<'_>,
         rcpt: &str,
@@ -162,7 +164,7 @@ impl Originator {
             })
             .ok_or_else(|| OriginateError::NoPeer(rcpt.to_string()))?;
         let now = self.clock.now_ms();
-        let id = self.store.next_id();
+        let id = self.store.next_id().await?;
         let mut st =
             RecipientState::new(rcpt.to_string(), RcptState::Queued, Some(peer.clone()), now);
         st.tid = Some(pdu.transaction_id.clone());

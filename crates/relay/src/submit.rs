@@ -490,7 +490,7 @@ pub async fn submit(
     let built = build(&req, &v, cfg, now)?;
     let message_id = built.message_id.clone();
     let planned = plan(&v, cfg, router, &built.base_tid).await;
-    let id = store.next_id();
+    let id = store.next_id().await?;
     store
         .commit(ops(id, &v, built, &planned, &req, cfg, now_ms))
         .await?;

@@ -33,8 +33,8 @@ fn take(n: &AtomicUsize) -> bool {
 
 #[async_trait::async_trait]
 impl Spool for Flaky {
-    fn next_id(&self) -> MsgId {
-        self.inner.next_id()
+    async fn next_id(&self) -> Result<MsgId, StoreError> {
+        self.inner.next_id().await
     }
     fn commit(&self, ops: Vec<Op>) -> CommitHandle {
         self.inner.commit(ops)
@@ -168,7 +168,7 @@ X-Mms-Transaction-ID: \"T-1\"\r\nX-Mms-Message-ID: \"M-1@mms.mnc002.mcc262.gprs\
 From: +491721234567/TYPE=PLMN\r\nTo: +15550000001/TYPE=PLMN\r\nX-Mms-Ack-Request: Yes\r\n\
 X-Mms-Originator-System: system-user@mms.mnc002.mcc262.gprs\r\n\
 Content-Type: text/plain\r\n\r\nhello\r\n";
-    let id = s.store.next_id();
+    let id = s.store.next_id().await.unwrap();
     let meta = StoredMessage {
         received_at: s.clock.now_ms(),
         source: "127.0.0.2:1000".into(),

@@ -448,7 +448,7 @@ X-Mms-Transaction-ID: \"TR-1\"\r\nX-Mms-Message-ID: \"TR-1@mms.mnc009.mcc208.gpr
 From: +33612345678/TYPE=PLMN\r\nTo: +491721111111/TYPE=PLMN\r\nMIME-Version: 1.0\r\n\
 Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain; charset=utf-8\r\n\
 Content-Transfer-Encoding: 8bit\r\n\r\nGrüße aus Paris\r\n--b--\r\n";
-    let id = e.store.next_id();
+    let id = e.store.next_id().await.unwrap();
     let now = relay::outbound::Clock::now_ms(&SystemClock);
     let meta = StoredMessage {
         received_at: now,

@@ -253,7 +253,7 @@ impl Future for CommitHandle {
 #[async_trait::async_trait]
 pub trait Spool: Send + Sync {
     /// A fresh message id, never handed out before by this store (on any node).
-    fn next_id(&self) -> MsgId;
+    async fn next_id(&self) -> Result<MsgId, StoreError>;
     /// Applies `ops` atomically and durably (group-committed with concurrent callers). A guard
     /// that fails makes only its own op a [`OpResult::Conflict`].
     fn commit(&self, ops: Vec<Op>) -> CommitHandle;

@@ -461,8 +461,8 @@ fn get_bytes<K: redb::Key + 'static>(
 
 #[async_trait::async_trait]
 impl Spool for Embedded {
-    fn next_id(&self) -> MsgId {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
+    async fn next_id(&self) -> Result<MsgId, StoreError> {
+        Ok(self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 
     fn commit(&self, ops: Vec<Op>) -> CommitHandle {

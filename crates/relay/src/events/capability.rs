@@ -61,7 +61,8 @@ impl Events {
             let req = self.originator.capability_req(&to);
             ops.extend(
                 self.originator
-                    .queue(&req, &to, Some(p.cfg.name.clone()), None)?
+                    .queue(&req, &to, Some(p.cfg.name.clone()), None)
+                    .await?
                     .1,
             );
             ops.push(Op::PutCapability {

@@ -45,7 +45,8 @@ impl Events {
                 None,
                 body.len(),
             );
-            self.schedule_expired_reports(fx, id, meta, &pdu, local)?;
+            self.schedule_expired_reports(fx, id, meta, &pdu, local)
+                .await?;
         }
         // Only the recipient R/S answers: a transit hop (no local recipient) owes no RES.
         if !owe_res || local.is_empty() {
@@ -72,12 +73,13 @@ impl Events {
             text,
             &reply_to,
         )
+        .await
     }
 
     /// An MM that asked for delivery reports and stays unretrieved until it expires produces a
     /// report `Expired`: prepared now, due at the expiry, cancelled by the subscriber's own
     /// report (`cancel_expired_report`).
-    fn schedule_expired_reports(
+    async fn schedule_expired_reports(
         &self,
         fx: &mut Effects,
         id: MsgId,
@@ -123,7 +125,7 @@ impl Events {
                 expiry,
             );
             let rcpt = sender.with_domain(origin.clone()).to_string();
-            let (dr_id, ops) = match self.originator.queue(&dr, &rcpt, None, Some(at)) {
+            let (dr_id, ops) = match self.originator.queue(&dr, &rcpt, None, Some(at)).await {
                 Ok(x) => x,
                 Err(crate::originate::OriginateError::NoPeer(to)) => {
                     tracing::warn!(%to, "no peer for the Expired report: none prepared");

@@ -249,7 +249,8 @@ impl Events {
                         status,
                         &reason,
                         &reply_to,
-                    )?
+                    )
+                    .await?
                 }
                 Err(_) => tracing::warn!(id, %message_type, "refused REQ of unknown type: no RES"),
             },
@@ -265,7 +266,7 @@ impl Events {
 
     /// Queues a `.RES` answering a REQ of type `req` to `reply_to` (the REQ's originator system).
     #[allow(clippy::too_many_arguments)]
-    pub fn queue_res(
+    pub async fn queue_res(
         &self,
         fx: &mut Effects,
         req: MessageType,
@@ -278,7 +279,7 @@ impl Events {
         let Some(pdu) = self.originator.res(req, tid, mm_id, status, text, reply_to) else {
             return Ok(());
         };
-        match self.originator.queue(&pdu, reply_to, None, None) {
+        match self.originator.queue(&pdu, reply_to, None, None).await {
             Ok((_, ops)) => fx.ops.extend(ops),
             // Nobody to send it to: configuration, not a passing failure.
             Err(OriginateError::NoPeer(to)) => {

@@ -76,7 +76,8 @@ impl Events {
                     .await?;
                 let unmatched = ops.is_empty();
                 fx.ops.extend(ops);
-                self.answer_report(fx, pdu, MessageType::DeliveryReportReq, unmatched)?;
+                self.answer_report(fx, pdu, MessageType::DeliveryReportReq, unmatched)
+                    .await?;
             }
             Kind::ReadReplyReq(r) => {
                 self.cdr(
@@ -92,7 +93,8 @@ impl Events {
                     .await?;
                 let unmatched = ops.is_empty();
                 fx.ops.extend(ops);
-                self.answer_report(fx, pdu, MessageType::ReadReplyReq, unmatched)?;
+                self.answer_report(fx, pdu, MessageType::ReadReplyReq, unmatched)
+                    .await?;
             }
             Kind::DeliveryReportRes(r) | Kind::ReadReplyRes(r) => {
                 let t = if matches!(pdu.kind, Kind::DeliveryReportRes(_)) {
@@ -113,7 +115,8 @@ impl Events {
                         RequestStatus::Ok,
                         "capabilities",
                         &a.to_string(),
-                    )?;
+                    )
+                    .await?;
                 }
             }
             Kind::CapabilityRes(r, caps) => {
@@ -210,7 +213,7 @@ impl Events {
         .await
     }
 
-    fn answer_report(
+    async fn answer_report(
         &self,
         fx: &mut Effects,
         pdu: &Pdu<'_>,
@@ -237,5 +240,6 @@ impl Events {
             text,
             &to,
         )
+        .await
     }
 }

@@ -55,7 +55,7 @@ async fn one(s: &dyn Spool, op: Op) -> OpResult {
 /// A fresh store holding one message with one recipient in `state`, due at `at` in queue `b`.
 async fn one_due(b: &dyn Backend, state: &str, at: u64) -> (Arc<dyn Spool>, MsgId) {
     let s = b.fresh();
-    let id = s.next_id();
+    let id = s.next_id().await.unwrap();
     s.commit(vec![
         put(id),
         set(id, 0, state, Some((at, "b")), Guard::None),
@@ -91,7 +91,7 @@ macro_rules! battery {
 
 pub async fn commit_is_atomic_and_survives_reopening(b: &dyn Backend) {
     let s = b.fresh();
-    let id = s.next_id();
+    let id = s.next_id().await.unwrap();
     let r = s
         .commit(vec![
             put(id),
@@ -129,7 +129,10 @@ pub async fn commit_is_atomic_and_survives_reopening(b: &dyn Backend) {
     assert_eq!(s.capability("seen:x").await.unwrap(), Some(b"c".to_vec()));
     let evs = s.claim_events(&req("a", 0, 10)).await.unwrap();
     assert_eq!(evs.len(), 1);
-    assert!(s.next_id() > id, "ids keep growing after a restart");
+    assert!(
+        s.next_id().await.unwrap() > id,
+        "ids keep growing after a restart"
+    );
     assert_eq!(
         s.queues().await.unwrap(),
         vec![QueueSummary {
@@ -149,7 +152,7 @@ pub async fn commit_is_atomic_and_survives_reopening(b: &dyn Backend) {
 
 pub async fn the_store_moves_the_due_entry_and_counts_queues(b: &dyn Backend) {
     let s = b.fresh();
-    let id = s.next_id();
+    let id = s.next_id().await.unwrap();
     s.commit(vec![
         put(id),
         set(id, 0, "queued", Some((100, "b")), Guard::None),
@@ -222,7 +225,7 @@ pub async fn compare_and_set_by_version(b: &dyn Backend) {
 
 pub async fn claims_follow_due_order_per_queue_and_exclude_each_other(b: &dyn Backend) {
     let s = b.fresh();
-    let id = s.next_id();
+    let id = s.next_id().await.unwrap();
     s.commit(vec![
         put(id),
         set(id, 0, "r0", Some((300, "b")), Guard::None),
@@ -350,7 +353,7 @@ pub async fn renewing_keeps_a_claim(b: &dyn Backend) {
 
 pub async fn events_are_claimed_and_deleted_by_their_owner_only(b: &dyn Backend) {
     let s = b.fresh();
-    let (a, c) = (s.next_id(), s.next_id());
+    let (a, c) = (s.next_id().await.unwrap(), s.next_id().await.unwrap());
     s.commit(vec![
         put(a),
         put(c),
@@ -402,7 +405,7 @@ pub async fn events_are_claimed_and_deleted_by_their_owner_only(b: &dyn Backend)
 
 pub async fn all_or_nothing_applies_nothing_on_a_conflict(b: &dyn Backend) {
     let s = b.fresh();
-    let id = s.next_id();
+    let id = s.next_id().await.unwrap();
     s.commit(vec![
         put(id),
         set(id, 0, "forwarded", Some((10, "b")), Guard::None),
@@ -463,7 +466,7 @@ pub async fn all_or_nothing_applies_nothing_on_a_conflict(b: &dyn Backend) {
 
 pub async fn dedupe_files_once(b: &dyn Backend) {
     let s = b.fresh();
-    let (a, c) = (s.next_id(), s.next_id());
+    let (a, c) = (s.next_id().await.unwrap(), s.next_id().await.unwrap());
     let deliver = |id| Op::Deliver {
         dedupe_key: "mm|origin|+1555".into(),
         address: "+1555".into(),
@@ -510,7 +513,7 @@ pub async fn named_jobs_have_one_owner(b: &dyn Backend) {
 
 pub async fn concurrent_claimers_never_share_work(b: &dyn Backend) {
     let s = b.fresh();
-    let id = s.next_id();
+    let id = s.next_id().await.unwrap();
     let mut ops = vec![put(id)];
     for i in 0..400 {
         ops.push(set(id, i, "queued", Some((i as u64, "b")), Guard::None));
@@ -553,7 +556,7 @@ pub async fn concurrent_commits_share_syncs(b: &dyn Backend) {
     for _ in 0..200 {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
-            let id = s.next_id();
+            let id = s.next_id().await.unwrap();
             s.commit(vec![Op::PutMessage {
                 id,
                 meta: vec![1],
