@@ -8,6 +8,7 @@
 //! - [`lease`]: the claim table (owner, expiry, fencing token) for backends that keep claims in
 //!   memory (one node: the claims die with the process that holds them).
 //! - [`embedded`]: the backend on `redb`, one file, one writer thread.
+//! - [`postgres`]: the backend shared by the nodes of a cluster, claims in the rows.
 //!
 //! The conformance battery in `tests/conformance` states the contract as tests and runs against
 //! every backend.
@@ -15,7 +16,9 @@
 pub mod contract;
 pub mod embedded;
 pub mod lease;
+pub mod postgres;
 pub mod writer;
 
 pub use contract::*;
 pub use embedded::{free_space, Embedded};
+pub use postgres::Postgres;

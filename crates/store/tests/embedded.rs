@@ -15,7 +15,7 @@ struct Redb {
 }
 
 impl Backend for Redb {
-    fn fresh(&self) -> Arc<dyn Spool> {
+    async fn fresh(&self) -> Arc<dyn Spool> {
         let dir = std::env::temp_dir().join(format!(
             "store-conformance-{}-{}",
             std::process::id(),
@@ -28,7 +28,7 @@ impl Backend for Redb {
         Arc::new(Embedded::open(&dir).unwrap())
     }
 
-    fn reopen(&self, s: Arc<dyn Spool>) -> Arc<dyn Spool> {
+    async fn reopen(&self, s: Arc<dyn Spool>) -> Arc<dyn Spool> {
         drop(s);
         let dir = self.dirs.lock().unwrap().last().unwrap().clone();
         Arc::new(Embedded::open(&dir).unwrap())

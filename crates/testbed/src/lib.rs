@@ -1,6 +1,11 @@
 //! Real components for tests, on loopback only: a private Postfix instance (the MTA of the
-//! indirect model) and an NSD authoritative DNS server (the GRX and ENUM zones), each in its own
-//! temporary directory and stopped by its PID when dropped.
+//! indirect model), an NSD authoritative DNS server (the GRX and ENUM zones) and a PostgreSQL
+//! server (the shared store of a cluster), each in its own temporary directory and stopped by
+//! its PID when dropped.
+
+pub mod postgres;
+
+pub use postgres::Postgres;
 
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};

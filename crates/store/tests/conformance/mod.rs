@@ -14,9 +14,10 @@ use store::*;
 /// How the battery gets stores of one backend.
 pub trait Backend: Sync {
     /// A new, empty store.
-    fn fresh(&self) -> Arc<dyn Spool>;
+    fn fresh(&self) -> impl std::future::Future<Output = Arc<dyn Spool>> + Send;
     /// The same store opened again (after `s` was dropped), as after a crash and restart.
-    fn reopen(&self, s: Arc<dyn Spool>) -> Arc<dyn Spool>;
+    fn reopen(&self, s: Arc<dyn Spool>)
+        -> impl std::future::Future<Output = Arc<dyn Spool>> + Send;
 }
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -53,8 +54,8 @@ async fn one(s: &dyn Spool, op: Op) -> OpResult {
 }
 
 /// A fresh store holding one message with one recipient in `state`, due at `at` in queue `b`.
-async fn one_due(b: &dyn Backend, state: &str, at: u64) -> (Arc<dyn Spool>, MsgId) {
-    let s = b.fresh();
+async fn one_due(b: &impl Backend, state: &str, at: u64) -> (Arc<dyn Spool>, MsgId) {
+    let s = b.fresh().await;
     let id = s.next_id().await.unwrap();
     s.commit(vec![
         put(id),
@@ -70,6 +71,26 @@ async fn claim_one(s: &dyn Spool, owner: &str, now: u64) -> Claimed {
     let mut got = s.claim_due("b", &req(owner, now, 1)).await.unwrap();
     assert_eq!(got.len(), 1, "one claim for {owner} at {now}");
     got.remove(0)
+}
+
+/// Every check in turn, on stores of one backend (for a backend whose server a test starts
+/// once).
+#[allow(dead_code)]
+pub async fn run_all(b: &impl Backend) {
+    commit_is_atomic_and_survives_reopening(b).await;
+    the_store_moves_the_due_entry_and_counts_queues(b).await;
+    compare_and_set_by_version(b).await;
+    claims_follow_due_order_per_queue_and_exclude_each_other(b).await;
+    a_finished_claim_is_not_handed_out_again(b).await;
+    an_expired_claim_is_taken_over_and_the_late_owner_is_refused(b).await;
+    a_write_by_someone_else_ends_the_claim(b).await;
+    renewing_keeps_a_claim(b).await;
+    events_are_claimed_and_deleted_by_their_owner_only(b).await;
+    all_or_nothing_applies_nothing_on_a_conflict(b).await;
+    dedupe_files_once(b).await;
+    named_jobs_have_one_owner(b).await;
+    concurrent_claimers_never_share_work(b).await;
+    concurrent_commits_share_syncs(b).await;
 }
 
 /// One test per check of the battery for a backend: `battery!(|| backend);`.
@@ -89,8 +110,8 @@ macro_rules! battery {
     };
 }
 
-pub async fn commit_is_atomic_and_survives_reopening(b: &dyn Backend) {
-    let s = b.fresh();
+pub async fn commit_is_atomic_and_survives_reopening(b: &impl Backend) {
+    let s = b.fresh().await;
     let id = s.next_id().await.unwrap();
     let r = s
         .commit(vec![
@@ -112,7 +133,7 @@ pub async fn commit_is_atomic_and_survives_reopening(b: &dyn Backend) {
         .await
         .unwrap();
     assert_eq!(r, vec![OpResult::Done; 5]);
-    let s = b.reopen(s);
+    let s = b.reopen(s).await;
     assert_eq!(
         s.message(id).await.unwrap(),
         Some(format!("meta{id}").into_bytes())
@@ -150,8 +171,8 @@ pub async fn commit_is_atomic_and_survives_reopening(b: &dyn Backend) {
     assert_eq!(s.index("tid:T1").await.unwrap(), None);
 }
 
-pub async fn the_store_moves_the_due_entry_and_counts_queues(b: &dyn Backend) {
-    let s = b.fresh();
+pub async fn the_store_moves_the_due_entry_and_counts_queues(b: &impl Backend) {
+    let s = b.fresh().await;
     let id = s.next_id().await.unwrap();
     s.commit(vec![
         put(id),
@@ -194,7 +215,7 @@ pub async fn the_store_moves_the_due_entry_and_counts_queues(b: &dyn Backend) {
         .is_empty());
 }
 
-pub async fn compare_and_set_by_version(b: &dyn Backend) {
+pub async fn compare_and_set_by_version(b: &impl Backend) {
     let (s, id) = one_due(b, "queued", 1).await;
     let v = s.recipients(id).await.unwrap()[0].version;
     assert_eq!(
@@ -223,8 +244,8 @@ pub async fn compare_and_set_by_version(b: &dyn Backend) {
     );
 }
 
-pub async fn claims_follow_due_order_per_queue_and_exclude_each_other(b: &dyn Backend) {
-    let s = b.fresh();
+pub async fn claims_follow_due_order_per_queue_and_exclude_each_other(b: &impl Backend) {
+    let s = b.fresh().await;
     let id = s.next_id().await.unwrap();
     s.commit(vec![
         put(id),
@@ -253,7 +274,7 @@ pub async fn claims_follow_due_order_per_queue_and_exclude_each_other(b: &dyn Ba
     assert_eq!(c[0].row.idx, 3);
 }
 
-pub async fn a_finished_claim_is_not_handed_out_again(b: &dyn Backend) {
+pub async fn a_finished_claim_is_not_handed_out_again(b: &impl Backend) {
     // The duplicate-send defect: a delivery that finished between a scheduler's read of the due
     // index and its dispatch was sent again. Finishing and claiming now go through the store.
     let (s, id) = one_due(b, "queued", 10).await;
@@ -285,7 +306,7 @@ pub async fn a_finished_claim_is_not_handed_out_again(b: &dyn Backend) {
     assert_eq!(got[0].row.state, b"forwarded");
 }
 
-pub async fn an_expired_claim_is_taken_over_and_the_late_owner_is_refused(b: &dyn Backend) {
+pub async fn an_expired_claim_is_taken_over_and_the_late_owner_is_refused(b: &impl Backend) {
     let (s, id) = one_due(b, "queued", 10).await;
     let first = claim_one(&*s, "dead", 1000).await;
     let lease_ms = LEASE.as_millis() as u64;
@@ -310,7 +331,7 @@ pub async fn an_expired_claim_is_taken_over_and_the_late_owner_is_refused(b: &dy
     assert_eq!(s.recipients(id).await.unwrap()[0].state, b"forwarded");
 }
 
-pub async fn a_write_by_someone_else_ends_the_claim(b: &dyn Backend) {
+pub async fn a_write_by_someone_else_ends_the_claim(b: &impl Backend) {
     // A RES or an operator's action lands while a delivery holds the recipient: the delivery's
     // result must not overwrite it.
     let (s, id) = one_due(b, "forwarded", 10).await;
@@ -333,7 +354,7 @@ pub async fn a_write_by_someone_else_ends_the_claim(b: &dyn Backend) {
     assert!(s.queues().await.unwrap().is_empty());
 }
 
-pub async fn renewing_keeps_a_claim(b: &dyn Backend) {
+pub async fn renewing_keeps_a_claim(b: &impl Backend) {
     let (s, id) = one_due(b, "queued", 10).await;
     let c = claim_one(&*s, "n1", 1000).await;
     let lease_ms = LEASE.as_millis() as u64;
@@ -351,8 +372,8 @@ pub async fn renewing_keeps_a_claim(b: &dyn Backend) {
     );
 }
 
-pub async fn events_are_claimed_and_deleted_by_their_owner_only(b: &dyn Backend) {
-    let s = b.fresh();
+pub async fn events_are_claimed_and_deleted_by_their_owner_only(b: &impl Backend) {
+    let s = b.fresh().await;
     let (a, c) = (s.next_id().await.unwrap(), s.next_id().await.unwrap());
     s.commit(vec![
         put(a),
@@ -403,8 +424,8 @@ pub async fn events_are_claimed_and_deleted_by_their_owner_only(b: &dyn Backend)
         .all(|e| e.id != a));
 }
 
-pub async fn all_or_nothing_applies_nothing_on_a_conflict(b: &dyn Backend) {
-    let s = b.fresh();
+pub async fn all_or_nothing_applies_nothing_on_a_conflict(b: &impl Backend) {
+    let s = b.fresh().await;
     let id = s.next_id().await.unwrap();
     s.commit(vec![
         put(id),
@@ -464,8 +485,8 @@ pub async fn all_or_nothing_applies_nothing_on_a_conflict(b: &dyn Backend) {
         .is_empty());
 }
 
-pub async fn dedupe_files_once(b: &dyn Backend) {
-    let s = b.fresh();
+pub async fn dedupe_files_once(b: &impl Backend) {
+    let s = b.fresh().await;
     let (a, c) = (s.next_id().await.unwrap(), s.next_id().await.unwrap());
     let deliver = |id| Op::Deliver {
         dedupe_key: "mm|origin|+1555".into(),
@@ -485,8 +506,8 @@ pub async fn dedupe_files_once(b: &dyn Backend) {
     assert_eq!(s.dedupe("other").await.unwrap(), None);
 }
 
-pub async fn named_jobs_have_one_owner(b: &dyn Backend) {
-    let s = b.fresh();
+pub async fn named_jobs_have_one_owner(b: &impl Backend) {
+    let s = b.fresh().await;
     let t = s
         .claim_job("expiry-sweep", "n1", 1000, LEASE)
         .await
@@ -511,8 +532,8 @@ pub async fn named_jobs_have_one_owner(b: &dyn Backend) {
     assert!(t2 > t, "taken over after its owner stopped renewing");
 }
 
-pub async fn concurrent_claimers_never_share_work(b: &dyn Backend) {
-    let s = b.fresh();
+pub async fn concurrent_claimers_never_share_work(b: &impl Backend) {
+    let s = b.fresh().await;
     let id = s.next_id().await.unwrap();
     let mut ops = vec![put(id)];
     for i in 0..400 {
@@ -548,9 +569,9 @@ pub async fn concurrent_claimers_never_share_work(b: &dyn Backend) {
     assert_eq!(seen.len(), 400);
 }
 
-pub async fn concurrent_commits_share_syncs(b: &dyn Backend) {
+pub async fn concurrent_commits_share_syncs(b: &impl Backend) {
     use std::sync::atomic::Ordering;
-    let s = b.fresh();
+    let s = b.fresh().await;
     let before = s.health().stats().syncs.load(Ordering::Relaxed);
     let mut tasks = Vec::new();
     for _ in 0..200 {

@@ -1,0 +1,304 @@
+//! Group commit on PostgreSQL: one task takes every commit that queued up while the previous
+//! transaction was committing and applies them in one transaction — one WAL flush for many
+//! sessions' messages. An all-or-nothing commit runs inside a savepoint, rolled back when one of
+//! its guards fails.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::Transaction;
+
+use crate::contract::{Guard, Op, OpResult, Stats, StoreError};
+
+pub struct Job {
+    pub ops: Vec<Op>,
+    pub all_or_nothing: bool,
+    pub reply: oneshot::Sender<Result<Vec<OpResult>, StoreError>>,
+}
+
+/// Most commits one transaction carries.
+const MAX_BATCH: usize = 512;
+
+type Deltas = HashMap<String, i64>;
+
+fn db(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+/// The writer task: runs until every sender is gone.
+pub async fn run(
+    pool: Pool,
+    node: String,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    stats: Arc<Stats>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        match write(&pool, &node, &batch).await {
+            Ok(results) => {
+                stats.syncs.fetch_add(1, Ordering::Relaxed);
+                for (job, r) in batch.into_iter().zip(results) {
+                    let _ = job.reply.send(r);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, jobs = batch.len(), "store commit failed");
+                for job in batch {
+                    let _ = job.reply.send(Err(StoreError::Db(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+#[allow(clippy::type_complexity)]
+async fn write(
+    pool: &Pool,
+    node: &str,
+    batch: &[Job],
+) -> Result<Vec<Result<Vec<OpResult>, StoreError>>, StoreError> {
+    let mut client = pool
+        .get()
+        .await
+        .map_err(|e| StoreError::Db(e.to_string()))?;
+    let mut tx = client.transaction().await.map_err(db)?;
+    let mut all = Vec::with_capacity(batch.len());
+    let mut deltas = Deltas::new();
+    for job in batch {
+        if job.all_or_nothing {
+            let sp = tx.savepoint("job").await.map_err(db)?;
+            let mut mine = Deltas::new();
+            let mut results = Vec::with_capacity(job.ops.len());
+            let mut refused = false;
+            for op in &job.ops {
+                let r = op_apply(&sp, op, &mut mine).await.map_err(db)?;
+                if r == OpResult::Conflict {
+                    refused = true;
+                    break;
+                }
+                results.push(r);
+            }
+            if refused {
+                sp.rollback().await.map_err(db)?;
+                all.push(Err(StoreError::Conflict));
+            } else {
+                sp.commit().await.map_err(db)?;
+                merge(&mut deltas, mine);
+                all.push(Ok(results));
+            }
+        } else {
+            let mut results = Vec::with_capacity(job.ops.len());
+            for op in &job.ops {
+                results.push(op_apply(&tx, op, &mut deltas).await.map_err(db)?);
+            }
+            all.push(Ok(results));
+        }
+    }
+    for (queue, d) in deltas.into_iter().filter(|(_, d)| *d != 0) {
+        tx.execute(
+            "INSERT INTO queue_depth (queue, node, depth) VALUES ($1, $2, $3) \
+             ON CONFLICT (queue, node) DO UPDATE SET depth = queue_depth.depth + EXCLUDED.depth",
+            &[&queue, &node, &d],
+        )
+        .await
+        .map_err(db)?;
+    }
+    // Claims live in the rows: a claim ends in the same commit as the write that finishes it.
+    tx.commit().await.map_err(db)?;
+    Ok(all)
+}
+
+fn merge(into: &mut Deltas, from: Deltas) {
+    for (q, d) in from {
+        *into.entry(q).or_default() += d;
+    }
+}
+
+fn moved(deltas: &mut Deltas, old: Option<(i64, String)>, new: Option<(i64, &str)>) {
+    if let Some((_, q)) = old {
+        *deltas.entry(q).or_default() -= 1;
+    }
+    if let Some((_, q)) = new {
+        *deltas.entry(q.to_string()).or_default() += 1;
+    }
+}
+
+/// One op inside the batch's transaction (or a job's savepoint).
+async fn op_apply(
+    tx: &Transaction<'_>,
+    op: &Op,
+    deltas: &mut Deltas,
+) -> Result<OpResult, tokio_postgres::Error> {
+    Ok(match op {
+        Op::PutMessage { id, meta, body } => {
+            let id = *id as i64;
+            tx.execute(
+                "INSERT INTO messages (id, meta) VALUES ($1, $2) \
+                 ON CONFLICT (id) DO UPDATE SET meta = EXCLUDED.meta",
+                &[&id, meta],
+            )
+            .await?;
+            tx.execute(
+                "INSERT INTO bodies (id, body) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+                &[&id, body],
+            )
+            .await?;
+            OpResult::Done
+        }
+        Op::UpdateMessage { id, meta } => {
+            tx.execute(
+                "UPDATE messages SET meta = $2 WHERE id = $1",
+                &[&(*id as i64), meta],
+            )
+            .await?;
+            OpResult::Done
+        }
+        Op::SetRecipient {
+            id,
+            idx,
+            state,
+            due,
+            guard,
+        } => {
+            let (id, idx) = (*id as i64, *idx as i32);
+            let row = tx
+                .query_opt(
+                    "SELECT version, due_at, queue, lease_token FROM recipients \
+                     WHERE id = $1 AND idx = $2 FOR UPDATE",
+                    &[&id, &idx],
+                )
+                .await?;
+            let current = row.as_ref().map(|r| {
+                let version: i64 = r.get(0);
+                let due_at: Option<i64> = r.get(1);
+                let queue: String = r.get(2);
+                let token: Option<i64> = r.get(3);
+                (version, due_at.map(|d| (d, queue)), token)
+            });
+            let (holds, lease_token) = match guard {
+                Guard::None => (true, None),
+                Guard::Version(v) => (current.as_ref().is_some_and(|c| c.0 == *v as i64), None),
+                Guard::Lease { token, version } => {
+                    let mine = current.as_ref().is_some_and(|c| c.2 == Some(*token as i64));
+                    let same = current.as_ref().is_some_and(|c| c.0 == *version as i64);
+                    (mine && same, mine.then_some(*token as i64))
+                }
+            };
+            if !holds {
+                // The claim ends with this write, applied or not.
+                if let Some(t) = lease_token {
+                    tx.execute(
+                        "UPDATE recipients SET lease_owner = NULL, lease_until = NULL, \
+                         lease_token = NULL WHERE id = $1 AND idx = $2 AND lease_token = $3",
+                        &[&id, &idx, &t],
+                    )
+                    .await?;
+                }
+                return Ok(OpResult::Conflict);
+            }
+            let due_at = due.as_ref().map(|d| d.at as i64);
+            let queue = due.as_ref().map_or("", |d| d.queue.as_str());
+            let ends_claim = matches!(guard, Guard::Lease { .. });
+            tx.execute(
+                "INSERT INTO recipients (id, idx, version, due_at, queue, state) \
+                 VALUES ($1, $2, 1, $3, $4, $5) \
+                 ON CONFLICT (id, idx) DO UPDATE SET version = recipients.version + 1, \
+                 due_at = EXCLUDED.due_at, queue = EXCLUDED.queue, state = EXCLUDED.state, \
+                 lease_owner = CASE WHEN $6 THEN NULL ELSE recipients.lease_owner END, \
+                 lease_until = CASE WHEN $6 THEN NULL ELSE recipients.lease_until END, \
+                 lease_token = CASE WHEN $6 THEN NULL ELSE recipients.lease_token END",
+                &[&id, &idx, &due_at, &queue, state, &ends_claim],
+            )
+            .await?;
+            moved(
+                deltas,
+                current.and_then(|c| c.1),
+                due_at.map(|d| (d, queue)),
+            );
+            OpResult::Done
+        }
+        Op::Deliver {
+            dedupe_key,
+            address,
+            id,
+        } => {
+            let id = *id as i64;
+            let inserted = tx
+                .query_opt(
+                    "INSERT INTO dedupe (key, id) VALUES ($1, $2) \
+                     ON CONFLICT (key) DO NOTHING RETURNING id",
+                    &[dedupe_key, &id],
+                )
+                .await?;
+            if inserted.is_some() {
+                tx.execute(
+                    "INSERT INTO mailbox (address, id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[address, &id],
+                )
+                .await?;
+                OpResult::Delivered
+            } else {
+                let first: i64 = tx
+                    .query_one("SELECT id FROM dedupe WHERE key = $1", &[dedupe_key])
+                    .await?
+                    .get(0);
+                OpResult::Duplicate(first as u64)
+            }
+        }
+        Op::PutEvent { id, event } => {
+            tx.execute(
+                "INSERT INTO events (id, event) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE \
+                 SET event = EXCLUDED.event, lease_owner = NULL, lease_until = NULL, \
+                 lease_token = NULL",
+                &[&(*id as i64), event],
+            )
+            .await?;
+            OpResult::Done
+        }
+        Op::DeleteEvent { id, token } => {
+            let n = tx
+                .execute(
+                    "DELETE FROM events WHERE id = $1 AND ($2::bigint IS NULL OR lease_token = $2)",
+                    &[&(*id as i64), &token.map(|t| t as i64)],
+                )
+                .await?;
+            if n == 0 && token.is_some() {
+                OpResult::Conflict
+            } else {
+                OpResult::Done
+            }
+        }
+        Op::PutCapability { peer, record } => {
+            tx.execute(
+                "INSERT INTO capabilities (key, record) VALUES ($1, $2) \
+                 ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record",
+                &[peer, record],
+            )
+            .await?;
+            OpResult::Done
+        }
+        Op::PutIndex { key, value } => {
+            tx.execute(
+                "INSERT INTO named_index (key, value) VALUES ($1, $2) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                &[key, value],
+            )
+            .await?;
+            OpResult::Done
+        }
+        Op::DeleteIndex { key } => {
+            tx.execute("DELETE FROM named_index WHERE key = $1", &[key])
+                .await?;
+            OpResult::Done
+        }
+    })
+}

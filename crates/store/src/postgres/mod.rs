@@ -1,0 +1,370 @@
+//! The PostgreSQL backend: the store shared by the nodes of a cluster.
+//!
+//! Writes are group-committed by one task per node ([`apply`]); reads and claims use a pool of
+//! connections, each claim one short statement (`UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED
+//! LIMIT n) RETURNING`), never a transaction held across an SMTP session. Claims live in the
+//! rows (owner, expiry, token from one sequence), so they survive a node's crash exactly as
+//! long as their lease: then any node takes the work over, and the dead node's late write —
+//! should it come back — is fenced off by the token and the row version.
+
+mod apply;
+pub mod schema;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Pool, Runtime};
+use tokio::sync::{mpsc, Mutex};
+use tokio_postgres::NoTls;
+
+use crate::contract::*;
+
+/// Ids handed out per round trip to the `msg_ids` sequence (its increment).
+const ID_BLOCK: u64 = 1024;
+
+/// The PostgreSQL backend of one node.
+pub struct Postgres {
+    pool: Pool,
+    jobs: mpsc::UnboundedSender<apply::Job>,
+    /// The rest of this node's current block of ids: (next, end).
+    ids: Mutex<(u64, u64)>,
+    stats: Arc<Stats>,
+}
+
+fn db(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+impl Postgres {
+    /// Connects (`url`: a libpq URL), creates or migrates the schema, starts the writer.
+    /// `node` names this node in the per-node counters.
+    pub async fn open(url: &str, pool_size: usize, node: &str) -> Result<Self, StoreError> {
+        let pg: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Open {
+            path: url.into(),
+            reason: format!("not a PostgreSQL URL: {e}"),
+        })?;
+        let manager = deadpool_postgres::Manager::from_config(
+            pg,
+            NoTls,
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(2))
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(Duration::from_secs(5)))
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| StoreError::Open {
+                path: url.into(),
+                reason: e.to_string(),
+            })?;
+        {
+            let mut client = pool.get().await.map_err(|e| StoreError::Open {
+                path: url.into(),
+                reason: e.to_string(),
+            })?;
+            schema::migrate(&mut client).await?;
+        }
+        let stats = Arc::new(Stats::default());
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(apply::run(
+            pool.clone(),
+            node.to_string(),
+            rx,
+            stats.clone(),
+        ));
+        Ok(Postgres {
+            pool,
+            jobs: tx,
+            ids: Mutex::new((0, 0)),
+            stats,
+        })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(db)
+    }
+
+    fn submit(&self, ops: Vec<Op>, all_or_nothing: bool) -> CommitHandle {
+        self.stats
+            .commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let job = apply::Job {
+            ops,
+            all_or_nothing,
+            reply,
+        };
+        match self.jobs.send(job) {
+            Ok(()) => CommitHandle(rx),
+            Err(_) => CommitHandle::failed(StoreError::WriterGone),
+        }
+    }
+
+    async fn bytes(
+        &self,
+        sql: &str,
+        key: &(dyn tokio_postgres::types::ToSql + Sync),
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let c = self.client().await?;
+        Ok(c.query_opt(sql, &[key])
+            .await
+            .map_err(db)?
+            .map(|r| r.get(0)))
+    }
+}
+
+fn row_of(r: &tokio_postgres::Row) -> RecipientRow {
+    let due_at: Option<i64> = r.get("due_at");
+    let queue: String = r.get("queue");
+    RecipientRow {
+        idx: r.get::<_, i32>("idx") as u32,
+        version: r.get::<_, i64>("version") as u64,
+        due: due_at.map(|at| DueAt::new(at as u64, queue)),
+        state: r.get("state"),
+    }
+}
+
+#[async_trait::async_trait]
+impl Spool for Postgres {
+    async fn next_id(&self) -> Result<MsgId, StoreError> {
+        let mut ids = self.ids.lock().await;
+        if ids.0 >= ids.1 {
+            let c = self.client().await?;
+            let start: i64 = c
+                .query_one("SELECT nextval('msg_ids')", &[])
+                .await
+                .map_err(db)?
+                .get(0);
+            *ids = (start as u64, start as u64 + ID_BLOCK);
+        }
+        let id = ids.0;
+        ids.0 += 1;
+        Ok(id)
+    }
+
+    fn commit(&self, ops: Vec<Op>) -> CommitHandle {
+        self.submit(ops, false)
+    }
+
+    fn commit_all(&self, ops: Vec<Op>) -> CommitHandle {
+        self.submit(ops, true)
+    }
+
+    async fn message(&self, id: MsgId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.bytes("SELECT meta FROM messages WHERE id = $1", &(id as i64))
+            .await
+    }
+
+    async fn body(&self, id: MsgId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.bytes("SELECT body FROM bodies WHERE id = $1", &(id as i64))
+            .await
+    }
+
+    async fn recipients(&self, id: MsgId) -> Result<Vec<RecipientRow>, StoreError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT idx, version, due_at, queue, state FROM recipients \
+                 WHERE id = $1 ORDER BY idx",
+                &[&(id as i64)],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().map(row_of).collect())
+    }
+
+    async fn mailbox(&self, address: &str) -> Result<Vec<MsgId>, StoreError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT id FROM mailbox WHERE address = $1 ORDER BY id",
+                &[&address],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
+    }
+
+    async fn dedupe(&self, key: &str) -> Result<Option<MsgId>, StoreError> {
+        let c = self.client().await?;
+        Ok(c.query_opt("SELECT id FROM dedupe WHERE key = $1", &[&key])
+            .await
+            .map_err(db)?
+            .map(|r| r.get::<_, i64>(0) as u64))
+    }
+
+    async fn capability(&self, peer: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.bytes("SELECT record FROM capabilities WHERE key = $1", &peer)
+            .await
+    }
+
+    async fn index(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.bytes("SELECT value FROM named_index WHERE key = $1", &key)
+            .await
+    }
+
+    async fn claim_due(
+        &self,
+        queue: &str,
+        req: &ClaimRequest<'_>,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let c = self.client().await?;
+        let now = req.now as i64;
+        let until = req.now.saturating_add(req.lease.as_millis() as u64) as i64;
+        let rows = c
+            .query(
+                "UPDATE recipients r SET lease_owner = $1, lease_until = $2, \
+                 lease_token = nextval('tokens') \
+                 FROM (SELECT id, idx FROM recipients \
+                       WHERE queue = $3 AND due_at IS NOT NULL AND due_at <= $4 \
+                       AND (lease_until IS NULL OR lease_until <= $4) \
+                       ORDER BY due_at, id, idx LIMIT $5 FOR UPDATE SKIP LOCKED) c \
+                 WHERE r.id = c.id AND r.idx = c.idx \
+                 RETURNING r.id, r.idx, r.version, r.due_at, r.queue, r.state, r.lease_token",
+                &[&req.owner, &until, &queue, &now, &(req.limit as i64)],
+            )
+            .await
+            .map_err(db)?;
+        let mut out: Vec<Claimed> = rows
+            .iter()
+            .map(|r| Claimed {
+                id: r.get::<_, i64>("id") as u64,
+                row: row_of(r),
+                token: r.get::<_, i64>("lease_token") as u64,
+            })
+            .collect();
+        out.sort_by_key(|c| (c.row.due.as_ref().map(|d| d.at), c.id, c.row.idx));
+        Ok(out)
+    }
+
+    async fn claim_events(&self, req: &ClaimRequest<'_>) -> Result<Vec<ClaimedEvent>, StoreError> {
+        let c = self.client().await?;
+        let now = req.now as i64;
+        let until = req.now.saturating_add(req.lease.as_millis() as u64) as i64;
+        let rows = c
+            .query(
+                "UPDATE events e SET lease_owner = $1, lease_until = $2, \
+                 lease_token = nextval('tokens') \
+                 FROM (SELECT id FROM events WHERE lease_until IS NULL OR lease_until <= $3 \
+                       ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) c \
+                 WHERE e.id = c.id RETURNING e.id, e.event, e.lease_token",
+                &[&req.owner, &until, &now, &(req.limit as i64)],
+            )
+            .await
+            .map_err(db)?;
+        let mut out: Vec<ClaimedEvent> = rows
+            .iter()
+            .map(|r| ClaimedEvent {
+                id: r.get::<_, i64>(0) as u64,
+                event: r.get(1),
+                token: r.get::<_, i64>(2) as u64,
+            })
+            .collect();
+        out.sort_by_key(|e| e.id);
+        Ok(out)
+    }
+
+    async fn renew(&self, owner: &str, now: u64, lease: Duration) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        let until = now.saturating_add(lease.as_millis() as u64) as i64;
+        for sql in [
+            "UPDATE recipients SET lease_until = $2 WHERE lease_owner = $1 AND lease_until < $2",
+            "UPDATE events SET lease_until = $2 WHERE lease_owner = $1 AND lease_until < $2",
+            "UPDATE jobs SET until = $2 WHERE owner = $1 AND until < $2",
+        ] {
+            c.execute(sql, &[&owner, &until]).await.map_err(db)?;
+        }
+        c.execute(
+            "INSERT INTO nodes (name, heartbeat) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET heartbeat = EXCLUDED.heartbeat",
+            &[&owner, &(now as i64)],
+        )
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn claim_job(
+        &self,
+        name: &str,
+        owner: &str,
+        now: u64,
+        lease: Duration,
+    ) -> Result<Option<Token>, StoreError> {
+        let c = self.client().await?;
+        let until = now.saturating_add(lease.as_millis() as u64) as i64;
+        let row = c
+            .query_opt(
+                "INSERT INTO jobs (name, owner, until, token) VALUES ($1, $2, $3, nextval('tokens')) \
+                 ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, \
+                 until = GREATEST(jobs.until, EXCLUDED.until), \
+                 token = CASE WHEN jobs.owner = EXCLUDED.owner THEN jobs.token ELSE EXCLUDED.token END \
+                 WHERE jobs.owner = EXCLUDED.owner OR jobs.until <= $4 \
+                 RETURNING token",
+                &[&name, &owner, &until, &(now as i64)],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.map(|r| r.get::<_, i64>(0) as u64))
+    }
+
+    async fn queues(&self) -> Result<Vec<QueueSummary>, StoreError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT q.queue, q.depth, \
+                 (SELECT min(due_at) FROM recipients r WHERE r.queue = q.queue AND r.due_at IS NOT NULL) \
+                 FROM (SELECT queue, sum(depth)::bigint AS depth FROM queue_depth GROUP BY queue) q \
+                 WHERE q.depth > 0 ORDER BY q.queue",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| QueueSummary {
+                queue: r.get(0),
+                depth: r.get::<_, i64>(1) as u64,
+                next_due: r.get::<_, Option<i64>>(2).map(|d| d as u64),
+            })
+            .collect())
+    }
+
+    async fn oldest(&self, queue: &str, limit: usize) -> Result<Vec<Due>, StoreError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT due_at, id, idx FROM recipients WHERE queue = $1 AND due_at IS NOT NULL \
+                 ORDER BY due_at, id, idx LIMIT $2",
+                &[&queue, &(limit as i64)],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| Due {
+                at: r.get::<_, i64>(0) as u64,
+                id: r.get::<_, i64>(1) as u64,
+                idx: r.get::<_, i32>(2) as u32,
+            })
+            .collect())
+    }
+
+    fn health(&self) -> &dyn Health {
+        self
+    }
+}
+
+impl Health for Postgres {
+    /// Not a disk of ours: PostgreSQL answers for its own space.
+    fn free_space(&self) -> u64 {
+        u64::MAX
+    }
+
+    fn stats(&self) -> &Stats {
+        &self.stats
+    }
+}
