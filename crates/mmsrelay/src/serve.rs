@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
+use relay::config::Backend;
 use relay::config::Config;
 use relay::directory::Directory;
 use relay::inbound::{Inbound, InboundPolicy};
 use smtp::driver::{DriverConfig, ListenerLimits};
 use smtp::ServerConfig;
-use store::{Embedded, Spool};
+use store::{Embedded, Postgres, Spool};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -25,6 +26,17 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("dns: {0}")]
     Dns(String),
+}
+
+/// The configured store: the embedded one in `store.path`, or the cluster's PostgreSQL.
+async fn open_store(cfg: &Config) -> Result<Arc<dyn Spool>, ServeError> {
+    Ok(match cfg.store.backend {
+        Backend::Embedded => Arc::new(Embedded::open(&cfg.store.path)?),
+        Backend::Postgres => {
+            let url = cfg.store.url.as_deref().unwrap_or_default();
+            Arc::new(Postgres::open(url, cfg.store.pool_size, &cfg.cluster.node).await?)
+        }
+    })
 }
 
 /// The versions we understand, advertised in `XMM4 V=…`.
@@ -49,7 +61,17 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
 
 /// Runs the relay until `stop` turns `true` (the in-process form `demo` uses).
 pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(), ServeError> {
-    let store: Arc<Embedded> = Arc::new(Embedded::open(&cfg.store.path)?);
+    let store = open_store(&cfg).await?;
+    // This process's claims: the node's name and this incarnation (a restarted node must not
+    // renew, by its heartbeat, what the process that died had claimed).
+    let owner = format!(
+        "{}/{:x}",
+        cfg.cluster.node,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros())
+            ^ std::process::id() as u128
+    );
     let spool: Arc<dyn Spool> = store.clone();
     let dir = Arc::new(Directory::new(&cfg));
     let policy = Arc::new(InboundPolicy {
@@ -96,7 +118,7 @@ pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(
                 source: cfg.smtp.source_address,
             },
             our_domain: domain.clone(),
-            node: cfg.cluster.node.clone(),
+            node: owner.clone(),
             lease: cfg.cluster.lease.0,
             max_in_flight: cfg.queue.max_in_flight,
             max_in_flight_per_peer: cfg.queue.max_in_flight_per_peer,
@@ -126,7 +148,7 @@ pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(
             system_address: cfg.mmse.system_address(),
         },
         lifetime: cfg.queue.lifetime.0,
-        node: cfg.cluster.node.clone(),
+        node: owner.clone(),
         lease: cfg.cluster.lease.0,
         batch: cfg.queue.event_batch,
     });
@@ -144,6 +166,7 @@ pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(
         },
         token: cfg.api.token.clone(),
         ready: std::sync::atomic::AtomicBool::new(false),
+        node: cfg.cluster.node.clone(),
     });
     let tls = match (&cfg.smtp.tls_cert, &cfg.smtp.tls_key) {
         (Some(c), Some(k)) => Some(tokio_rustls::TlsAcceptor::from(relay::tls::server_config(
@@ -234,13 +257,13 @@ pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(
     drop(handler);
     drop(policy);
     drop(spool);
-    let stats = store::Health::stats(&*store);
+    let stats = store.health().stats();
     tracing::info!(
         "store: commits={} syncs={}",
         stats.commits.load(std::sync::atomic::Ordering::Relaxed),
         stats.syncs.load(std::sync::atomic::Ordering::Relaxed)
     );
-    // The last reference: the writer drains its queue and the file is closed.
+    // The last reference: the writer drains its queue and the store is closed.
     drop(store);
     tracing::info!("stopped");
     Ok(())

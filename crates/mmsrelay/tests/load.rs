@@ -7,84 +7,13 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::scripted::*;
 use common::*;
-
-/// What the scripted peer saw: how often each transaction id arrived.
-#[derive(Default)]
-struct Seen {
-    by_tid: Mutex<HashMap<String, usize>>,
-    total: AtomicUsize,
-}
-
-fn header<'a>(data: &'a str, name: &str) -> Option<&'a str> {
-    data.lines().find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.eq_ignore_ascii_case(name)
-            .then(|| v.trim().trim_matches('"'))
-    })
-}
-
-/// Operator B on 127.0.0.2: takes every mail; each forward's (tid, MM id) goes to `answers`
-/// when `answers` is set.
-fn scripted_peer(seen: Arc<Seen>, answers: Option<mpsc::Sender<(String, String)>>) -> SocketAddr {
-    let answers = answers.map(Mutex::new);
-    sink_on("127.0.0.2", move |data| {
-        let tid = header(data, "X-Mms-Transaction-ID")
-            .unwrap_or("")
-            .to_string();
-        let mid = header(data, "X-Mms-Message-ID").unwrap_or("").to_string();
-        *seen.by_tid.lock().unwrap().entry(tid.clone()).or_default() += 1;
-        seen.total.fetch_add(1, Ordering::SeqCst);
-        if let Some(a) = &answers {
-            let _ = a.lock().unwrap().send((tid, mid));
-        }
-    })
-}
-
-/// The RES B sends for a forward.
-fn forward_res(tid: &str, mid: &str) -> Vec<u8> {
-    format!(
-        "X-Mms-3GPP-MMS-Version: 6.16.0\r\n\
-X-Mms-Message-Type: MM4_forward.RES\r\n\
-X-Mms-Transaction-ID: \"{tid}\"\r\n\
-X-Mms-Message-ID: \"{mid}\"\r\n\
-X-Mms-Request-Status-Code: Ok\r\n\
-X-Mms-Status-Text: Accepted\r\n\
-From: system-user@mms.mnc002.mcc262.gprs\r\n\
-To: system-user@{DOMAIN}\r\n\
-Date: Wed, 25 Nov 2026 12:34:56 +0100\r\n\r\n"
-    )
-    .into_bytes()
-}
-
-/// B's RES senders: `n` SMTP sessions from 127.0.0.2 into A, answering what the peer took.
-fn res_senders(a: SocketAddr, rx: mpsc::Receiver<(String, String)>, n: usize) {
-    let rx = Arc::new(Mutex::new(rx));
-    for _ in 0..n {
-        let rx = rx.clone();
-        std::thread::spawn(move || {
-            let mut c = Client::connect_from(a, Some("127.0.0.2"));
-            c.hello();
-            loop {
-                let next = rx.lock().unwrap().recv();
-                let Ok((tid, mid)) = next else { return };
-                let r = c.transaction(
-                    "",
-                    &[&format!("system-user@{DOMAIN}")],
-                    &forward_res(&tid, &mid),
-                );
-                assert!(r.starts_with("250"), "RES refused: {r}");
-            }
-        });
-    }
-}
 
 /// Relay A (the common configuration: subscribers +1555, operator B from 127.0.0.2) with B
 /// reached at the scripted peer, `extra` after B's table.
@@ -119,20 +48,6 @@ fn drained(api: &str, limit: Duration) {
     }
 }
 
-fn assert_each_once(seen: &Seen, expected: usize) {
-    let by_tid = seen.by_tid.lock().unwrap();
-    let twice: Vec<(&String, &usize)> = by_tid.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        twice.is_empty(),
-        "{} of {} REQs reached the peer more than once, e.g. {:?}",
-        twice.len(),
-        by_tid.len(),
-        &twice[..twice.len().min(5)]
-    );
-    assert_eq!(by_tid.len(), expected, "every REQ reached the peer");
-    assert_eq!(seen.total.load(Ordering::SeqCst), expected);
-}
-
 const MMS: usize = 3000;
 const CLIENTS: usize = 6;
 
@@ -142,7 +57,7 @@ fn api_submissions_under_load_reach_the_peer_exactly_once_and_are_acknowledged()
     let (tx, rx) = mpsc::channel();
     let peer = scripted_peer(seen.clone(), Some(tx));
     let (_d, a, api) = relay_a("load-api", peer, "");
-    res_senders(a.smtp, rx, 4);
+    res_senders(&[a.smtp], rx, 4);
     let api = Arc::new(api);
     let ids: Arc<Mutex<Vec<String>>> = Arc::default();
     let clients: Vec<_> = (0..CLIENTS)

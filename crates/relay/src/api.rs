@@ -38,6 +38,8 @@ pub struct Api {
     pub submit: SubmitConfig,
     pub token: Option<String>,
     pub ready: AtomicBool,
+    /// This node's name (`[cluster] node`).
+    pub node: String,
 }
 
 /// Whether a presented bearer token is the configured one, in constant time: how long the
@@ -68,7 +70,19 @@ fn not_found(what: &str) -> ApiError {
     )
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
+/// A failure that is not the client's: the store being unreachable is `503` (try again; the
+/// relay resumes by itself when it returns), anything else `500`.
+fn internal<E: std::fmt::Display + 'static>(e: E) -> ApiError {
+    let unavailable = (&e as &dyn std::any::Any)
+        .downcast_ref::<store::StoreError>()
+        .is_some_and(|s| !matches!(s, store::StoreError::Corrupt { .. }));
+    if unavailable {
+        return ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            e.to_string(),
+        );
+    }
     ApiError(
         StatusCode::INTERNAL_SERVER_ERROR,
         "internal_error",
@@ -192,7 +206,7 @@ async fn post_message(
             SubmitError::TooBig { .. } => {
                 ApiError(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
             }
-            SubmitError::Store(_) => internal(e),
+            SubmitError::Store(s) => internal(s),
         })?;
     api.outbound.wake.notify_one();
     Ok((
@@ -691,6 +705,23 @@ async fn metrics(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Resp
         .into_response())
 }
 
+/// The nodes sharing this store: name, last heartbeat, claimed work.
+async fn get_cluster(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    api.check_auth(&headers)?;
+    let nodes = api.store.nodes().await.map_err(internal)?;
+    Ok(Json(json!({
+        "node": api.node,
+        "nodes": nodes.iter().map(|n| json!({
+            "name": n.name,
+            "last_heartbeat": rfc3339(n.heartbeat as i64),
+            "claimed": n.claimed,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
@@ -720,6 +751,7 @@ pub fn routes(api: Arc<Api>) -> Http {
         .route("/v1/queue/{id}/retry", post(retry_queue))
         .route("/v1/queue/{id}", axum::routing::delete(delete_queue))
         .route("/v1/peers", get(get_peers))
+        .route("/v1/cluster", get(get_cluster))
         .route("/metrics", get(metrics))
         .route("/v1/mailbox/{address}", get(get_mailbox))
         .route("/v1/mailbox/{address}/{id}/raw", get(get_raw))

@@ -228,7 +228,15 @@ pub struct StoreConfig {
     pub backend: Backend,
     #[serde(default = "default_store_path")]
     pub path: PathBuf,
+    /// `postgres`: the libpq URL of the shared database.
     pub url: Option<String>,
+    /// `postgres`: connections per node.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+}
+
+fn default_pool_size() -> usize {
+    16
 }
 
 fn default_backend() -> Backend {
@@ -244,6 +252,7 @@ impl Default for StoreConfig {
             backend: default_backend(),
             path: default_store_path(),
             url: None,
+            pool_size: default_pool_size(),
         }
     }
 }
@@ -647,16 +656,19 @@ impl Config {
             _ => {}
         }
         if self.store.backend == Backend::Postgres {
-            if self.store.url.is_none() {
-                bad(
+            match self.store.url.as_deref() {
+                None => bad(
                     "store.url".into(),
                     "backend = \"postgres\" needs url".into(),
-                );
+                ),
+                Some(u) if u.parse::<tokio_postgres::Config>().is_err() => {
+                    bad("store.url".into(), format!("{u:?} is not a PostgreSQL URL"))
+                }
+                Some(_) => {}
             }
-            bad(
-                "store.backend".into(),
-                "the postgres backend is not part of this build; use \"embedded\"".into(),
-            );
+            if self.store.pool_size < 2 {
+                bad("store.pool_size".into(), "must be at least 2".into());
+            }
         }
         for (key, v) in [
             ("queue.max_in_flight", self.queue.max_in_flight),

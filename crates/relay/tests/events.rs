@@ -91,6 +91,9 @@ impl Spool for Flaky {
     ) -> Result<Option<Token>, StoreError> {
         self.inner.claim_job(name, owner, now, lease).await
     }
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        self.inner.nodes().await
+    }
     async fn queues(&self) -> Result<Vec<QueueSummary>, StoreError> {
         self.inner.queues().await
     }

@@ -201,9 +201,26 @@ pub struct QueueSummary {
     pub next_due: Option<u64>,
 }
 
+/// A node as the store knows it: its last heartbeat ([`Spool::renew`]) and the work it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    /// Unix ms.
+    pub heartbeat: u64,
+    /// Recipients and events it has claimed and not finished.
+    pub claimed: u64,
+}
+
+/// The node part of an owner name `<node>/<incarnation>`: a restarted node claims under a new
+/// incarnation, so its heartbeat never keeps the claims of the process that died alive.
+pub fn node_of(owner: &str) -> &str {
+    owner.split('/').next().unwrap_or(owner)
+}
+
 /// Who claims, for how long.
 #[derive(Debug, Clone)]
 pub struct ClaimRequest<'a> {
+    /// `<node>/<incarnation>` (or any name unique to one running process).
     pub owner: &'a str,
     /// Unix ms.
     pub now: u64,
@@ -289,6 +306,10 @@ pub trait Spool: Send + Sync {
         now: u64,
         lease: Duration,
     ) -> Result<Option<Token>, StoreError>;
+
+    /// The nodes that have renewed claims (each `renew` is a node's heartbeat; a node is named
+    /// by [`node_of`] its owner name, and its claims are its latest incarnation's).
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError>;
 
     /// Every queue with work, kept up to date as commits land.
     async fn queues(&self) -> Result<Vec<QueueSummary>, StoreError>;

@@ -44,6 +44,8 @@ struct Shared {
     leases: Mutex<Claims>,
     /// Recipients in each queue's due index.
     depth: Mutex<HashMap<String, u64>>,
+    /// The last heartbeat of each node: its owner name then, and when.
+    heartbeats: Mutex<HashMap<String, (String, u64)>>,
 }
 
 impl Shared {
@@ -147,6 +149,7 @@ impl Embedded {
             db,
             leases: Mutex::new(Leases::new(start)),
             depth: Mutex::new(depth),
+            heartbeats: Mutex::new(HashMap::new()),
         });
         let stats = Arc::new(Stats::default());
         let writer = Writer::spawn(
@@ -592,7 +595,36 @@ impl Spool for Embedded {
         self.shared
             .leases()
             .renew(owner, now.saturating_add(lease.as_millis() as u64));
+        self.shared
+            .heartbeats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node_of(owner).to_string(), (owner.to_string(), now));
         Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        let beats: Vec<(String, String, u64)> = {
+            let h = self
+                .shared
+                .heartbeats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            h.iter()
+                .map(|(n, (o, t))| (n.clone(), o.clone(), *t))
+                .collect()
+        };
+        let leases = self.shared.leases();
+        let mut out: Vec<NodeInfo> = beats
+            .into_iter()
+            .map(|(name, owner, heartbeat)| NodeInfo {
+                claimed: leases.held_by(&owner) as u64,
+                name,
+                heartbeat,
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
     }
 
     async fn claim_job(

@@ -92,6 +92,11 @@ impl<K: Eq + Hash + Clone> Claims<K> {
         self.held.len()
     }
 
+    /// How many claims `owner` holds.
+    pub fn held_by(&self, owner: &str) -> usize {
+        self.held.values().filter(|l| &*l.owner == owner).count()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.held.is_empty()
     }
@@ -126,6 +131,11 @@ impl<R: Eq + Hash + Clone, E: Eq + Hash + Clone> Leases<R, E> {
             token: self.next,
             pinned: false,
         }
+    }
+
+    /// Recipients and events `owner` holds.
+    pub fn held_by(&self, owner: &str) -> usize {
+        self.recipients.held_by(owner) + self.events.held_by(owner)
     }
 
     pub fn renew(&mut self, owner: &str, until: u64) {

@@ -2,6 +2,8 @@
 //! talk SMTP to it over real sockets.
 #![allow(dead_code)]
 
+pub mod scripted;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -323,16 +325,26 @@ pub fn local(n: &str) -> String {
 
 /// One HTTP request to a relay's API: (status, JSON body).
 pub fn http(method: &str, api: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    try_http(method, api, path, body).unwrap_or_else(|e| panic!("{method} {api}{path}: {e}"))
+}
+
+/// [`http`], for a server that may be down: the I/O error instead of a panic.
+pub fn try_http(
+    method: &str,
+    api: &str,
+    path: &str,
+    body: Option<&str>,
+) -> std::io::Result<(u16, serde_json::Value)> {
     let addr = api.trim_start_matches("http://");
-    let mut s = TcpStream::connect(addr).unwrap();
+    let mut s = TcpStream::connect(addr)?;
     let body = body.unwrap_or("");
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(req.as_bytes())?;
     let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
+    s.read_to_string(&mut resp)?;
     let (head, rest) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
     let status = head
         .split_whitespace()
@@ -357,10 +369,10 @@ pub fn http(method: &str, api: &str, path: &str, body: Option<&str>) -> (u16, se
     } else {
         rest.to_string()
     };
-    (
+    Ok((
         status,
         serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
-    )
+    ))
 }
 
 /// Polls `GET path` until `cond` holds (30 s at most); returns the last answer.

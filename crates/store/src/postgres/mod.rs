@@ -278,9 +278,9 @@ impl Spool for Postgres {
             c.execute(sql, &[&owner, &until]).await.map_err(db)?;
         }
         c.execute(
-            "INSERT INTO nodes (name, heartbeat) VALUES ($1, $2) \
-             ON CONFLICT (name) DO UPDATE SET heartbeat = EXCLUDED.heartbeat",
-            &[&owner, &(now as i64)],
+            "INSERT INTO nodes (name, owner, heartbeat) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, heartbeat = EXCLUDED.heartbeat",
+            &[&node_of(owner), &owner, &(now as i64)],
         )
         .await
         .map_err(db)?;
@@ -309,6 +309,28 @@ impl Spool for Postgres {
             .await
             .map_err(db)?;
         Ok(row.map(|r| r.get::<_, i64>(0) as u64))
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT n.name, n.heartbeat, \
+                 (SELECT count(*) FROM recipients r WHERE r.lease_owner = n.owner) + \
+                 (SELECT count(*) FROM events e WHERE e.lease_owner = n.owner) \
+                 FROM nodes n ORDER BY n.name",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| NodeInfo {
+                name: r.get(0),
+                heartbeat: r.get::<_, i64>(1) as u64,
+                claimed: r.get::<_, i64>(2) as u64,
+            })
+            .collect())
     }
 
     async fn queues(&self) -> Result<Vec<QueueSummary>, StoreError> {

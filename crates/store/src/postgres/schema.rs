@@ -49,7 +49,7 @@ CREATE TABLE capabilities (key text PRIMARY KEY, record bytea NOT NULL);
 CREATE TABLE named_index (key text PRIMARY KEY, value bytea NOT NULL);
 CREATE TABLE jobs (name text PRIMARY KEY, owner text NOT NULL, until bigint NOT NULL, token bigint NOT NULL);
 CREATE TABLE queue_depth (queue text NOT NULL, node text NOT NULL, depth bigint NOT NULL, PRIMARY KEY (queue, node));
-CREATE TABLE nodes (name text PRIMARY KEY, heartbeat bigint NOT NULL);
+CREATE TABLE nodes (name text PRIMARY KEY, owner text NOT NULL, heartbeat bigint NOT NULL);
 "#;
 
 fn err(e: tokio_postgres::Error) -> StoreError {

@@ -91,13 +91,15 @@ pub async fn run_all(b: &impl Backend) {
     named_jobs_have_one_owner(b).await;
     concurrent_claimers_never_share_work(b).await;
     concurrent_commits_share_syncs(b).await;
+    nodes_report_heartbeats_and_claims(b).await;
+    a_restarted_node_does_not_keep_its_old_claims(b).await;
 }
 
 /// One test per check of the battery for a backend: `battery!(|| backend);`.
 #[macro_export]
 macro_rules! battery {
     ($backend:expr) => {
-        $crate::battery!(@each $backend; commit_is_atomic_and_survives_reopening, the_store_moves_the_due_entry_and_counts_queues, compare_and_set_by_version, claims_follow_due_order_per_queue_and_exclude_each_other, a_finished_claim_is_not_handed_out_again, an_expired_claim_is_taken_over_and_the_late_owner_is_refused, a_write_by_someone_else_ends_the_claim, renewing_keeps_a_claim, events_are_claimed_and_deleted_by_their_owner_only, all_or_nothing_applies_nothing_on_a_conflict, dedupe_files_once, named_jobs_have_one_owner, concurrent_claimers_never_share_work, concurrent_commits_share_syncs);
+        $crate::battery!(@each $backend; commit_is_atomic_and_survives_reopening, the_store_moves_the_due_entry_and_counts_queues, compare_and_set_by_version, claims_follow_due_order_per_queue_and_exclude_each_other, a_finished_claim_is_not_handed_out_again, an_expired_claim_is_taken_over_and_the_late_owner_is_refused, a_write_by_someone_else_ends_the_claim, renewing_keeps_a_claim, events_are_claimed_and_deleted_by_their_owner_only, all_or_nothing_applies_nothing_on_a_conflict, dedupe_files_once, named_jobs_have_one_owner, concurrent_claimers_never_share_work, concurrent_commits_share_syncs, nodes_report_heartbeats_and_claims, a_restarted_node_does_not_keep_its_old_claims);
     };
     (@each $backend:expr; $($name:ident),*) => {
         $(
@@ -354,6 +356,20 @@ pub async fn a_write_by_someone_else_ends_the_claim(b: &impl Backend) {
     assert!(s.queues().await.unwrap().is_empty());
 }
 
+pub async fn a_restarted_node_does_not_keep_its_old_claims(b: &impl Backend) {
+    // The heartbeat of a node's new incarnation must not renew what the dead one held.
+    let (s, id) = one_due(b, "queued", 10).await;
+    let old = claim_one(&*s, "n1/1", 1000).await;
+    let lease_ms = LEASE.as_millis() as u64;
+    s.renew("n1/2", 1000 + lease_ms - 1, LEASE).await.unwrap();
+    let taken = claim_one(&*s, "n2/1", 1000 + lease_ms).await;
+    assert!(taken.token > old.token);
+    assert_eq!(
+        one(&*s, set(id, 0, "late", None, old.guard())).await,
+        OpResult::Conflict
+    );
+}
+
 pub async fn renewing_keeps_a_claim(b: &impl Backend) {
     let (s, id) = one_due(b, "queued", 10).await;
     let c = claim_one(&*s, "n1", 1000).await;
@@ -602,5 +618,30 @@ pub async fn concurrent_commits_share_syncs(b: &impl Backend) {
     assert!(
         syncs < 200,
         "group commit must batch: {syncs} syncs for 200 commits"
+    );
+}
+
+pub async fn nodes_report_heartbeats_and_claims(b: &impl Backend) {
+    let (s, _) = one_due(b, "queued", 10).await;
+    claim_one(&*s, "n1/1", 1000).await;
+    // n1's first incarnation heartbeats; n2 restarts: its new incarnation is what counts.
+    s.renew("n1/1", 2000, LEASE).await.unwrap();
+    s.renew("n2/1", 2200, LEASE).await.unwrap();
+    s.renew("n2/2", 2500, LEASE).await.unwrap();
+    let nodes = s.nodes().await.unwrap();
+    assert_eq!(
+        nodes,
+        vec![
+            NodeInfo {
+                name: "n1".into(),
+                heartbeat: 2000,
+                claimed: 1
+            },
+            NodeInfo {
+                name: "n2".into(),
+                heartbeat: 2500,
+                claimed: 0
+            },
+        ]
     );
 }
