@@ -259,6 +259,11 @@ fn the_database_stopping_means_451_and_503_then_traffic_resumes() {
         body.as_bytes(),
     );
     assert!(r.starts_with("451 4.3.0"), "{r}");
+    // Once the node has noticed (its scheduler asks the database at least every second), MAIL
+    // itself is refused: no data is sent for nothing.
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = c.cmd("MAIL FROM:<+33612345678/TYPE=PLMN@mms.mnc001.mcc208.gprs>");
+    assert!(r.starts_with("451 4.3.0"), "{r}");
     let (code, v) = http(
         "POST",
         &a1.api,
@@ -292,4 +297,71 @@ fn the_database_stopping_means_451_and_503_then_traffic_resumes() {
         wait_message(&a1.api, &id, |v| v["recipients"][0]["state"] == "forwarded");
     }
     assert_eq!(seen.total.load(Ordering::SeqCst), 3, "each once");
+}
+
+/// A peer that takes connections and never says anything (a node delivering to it holds its
+/// claims as long as it lives).
+fn stalled_peer() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    addr
+}
+
+#[test]
+fn another_node_takes_over_a_dead_nodes_claims_within_the_lease() {
+    let pg = testbed::Postgres::start();
+    pg.create_db("takeover");
+    let url = pg.url("takeover");
+    let seen = Arc::new(Seen::default());
+    // a1 reaches B through a host that stalls; a2 through one that works.
+    let mut a1 = node("a1", &url, stalled_peer());
+    let a2 = node("a2", &url, scripted_peer(seen.clone(), None));
+    let ids: Vec<String> = (0..4)
+        .map(|n| submit(&a1.api, &format!("+49172300000{n}"), "held").unwrap())
+        .collect();
+    // a1 claims them (they are on its wire, stalled).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, c) = http("GET", &a2.api, "/v1/cluster", None);
+        let held = c["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == "a1")
+            .and_then(|n| n["claimed"].as_u64())
+            .unwrap_or(0);
+        if held == 4 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a1 never claimed the work: {c:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(seen.total.load(Ordering::SeqCst), 0);
+    let killed = Instant::now();
+    a1.relay.kill9();
+    while seen.total.load(Ordering::SeqCst) < 4 {
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "never taken over"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let takeover = killed.elapsed();
+    eprintln!("takeover: {} ms (lease 3 s)", takeover.as_millis());
+    assert!(
+        takeover <= Duration::from_secs(4),
+        "taken over after {takeover:?}: more than the lease plus one second"
+    );
+    for id in &ids {
+        wait_message(&a2.api, id, |v| v["recipients"][0]["state"] == "forwarded");
+    }
 }

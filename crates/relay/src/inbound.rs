@@ -27,7 +27,11 @@ pub struct InboundPolicy {
 
 impl Policy for InboundPolicy {
     fn check_mail(&self, _: &PeerInfo, _: &MailFrom) -> Result<(), Reply> {
-        if self.store.health().free_space() < self.min_free_space {
+        let health = self.store.health();
+        if !health.available() {
+            return Err(codes::storage_unavailable());
+        }
+        if health.free_space() < self.min_free_space {
             return Err(codes::storage_full());
         }
         Ok(())

@@ -156,6 +156,14 @@ pub mod codes {
             "Local error in processing: message not stored, try again",
         )
     }
+    /// The store cannot be reached right now (asked at MAIL, before any data is sent).
+    pub fn storage_unavailable() -> Reply {
+        Reply::new(
+            451,
+            (4, 3, 0),
+            "Local error in processing: storage unavailable, try again later",
+        )
+    }
     pub fn storage_full() -> Reply {
         Reply::new(
             452,

@@ -242,6 +242,11 @@ pub trait Health: Send + Sync {
     /// Free bytes on the file system holding the store (`u64::MAX` when it does not apply).
     fn free_space(&self) -> u64;
     fn stats(&self) -> &Stats;
+    /// Whether the store answered its last request (a networked store can be away for a
+    /// while; the relay then refuses new mail at MAIL instead of after its data).
+    fn available(&self) -> bool {
+        true
+    }
 }
 
 /// A pending commit; resolves once the changes are durable.

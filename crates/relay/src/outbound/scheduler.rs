@@ -13,6 +13,9 @@ use super::delivery::{Group, Member};
 use super::Outbound;
 use crate::records::{from_bytes, RecipientState, UNROUTED};
 
+/// How soon to look again at a queue whose due work is all held by claims.
+const HELD_POLL_MS: i64 = 250;
+
 /// Releases a task's share of the in-flight count when the task ends, however it ends.
 struct InFlight {
     out: Arc<Outbound>,
@@ -117,6 +120,10 @@ impl Outbound {
             if claimed.len() == room {
                 // Maybe more is due: look again soon.
                 next = Some(now);
+            } else if claimed.is_empty() {
+                // Due, but held by another owner (or by us): its claim may lapse (a node died)
+                // at any moment — look again shortly rather than at the next full pass.
+                next = Some(next.map_or(now + HELD_POLL_MS, |n| n.min(now + HELD_POLL_MS)));
             }
             for g in groups(&q.queue, claimed)? {
                 self.spawn(tasks, &q.queue, g);

@@ -34,6 +34,7 @@ pub async fn run(
     node: String,
     mut rx: mpsc::UnboundedReceiver<Job>,
     stats: Arc<Stats>,
+    up: Arc<std::sync::atomic::AtomicBool>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -43,7 +44,9 @@ pub async fn run(
                 Err(_) => break,
             }
         }
-        match write(&pool, &node, &batch).await {
+        let written = write(&pool, &node, &batch).await;
+        up.store(written.is_ok(), Ordering::Relaxed);
+        match written {
             Ok(results) => {
                 stats.syncs.fetch_add(1, Ordering::Relaxed);
                 for (job, r) in batch.into_iter().zip(results) {

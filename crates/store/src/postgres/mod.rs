@@ -29,6 +29,8 @@ pub struct Postgres {
     /// The rest of this node's current block of ids: (next, end).
     ids: Mutex<(u64, u64)>,
     stats: Arc<Stats>,
+    /// Whether the last attempt to reach the database succeeded.
+    up: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn db(e: impl std::fmt::Display) -> StoreError {
@@ -68,23 +70,29 @@ impl Postgres {
             schema::migrate(&mut client).await?;
         }
         let stats = Arc::new(Stats::default());
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(apply::run(
             pool.clone(),
             node.to_string(),
             rx,
             stats.clone(),
+            up.clone(),
         ));
         Ok(Postgres {
             pool,
             jobs: tx,
             ids: Mutex::new((0, 0)),
             stats,
+            up,
         })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(db)
+        let c = self.pool.get().await;
+        self.up
+            .store(c.is_ok(), std::sync::atomic::Ordering::Relaxed);
+        c.map_err(db)
     }
 
     fn submit(&self, ops: Vec<Op>, all_or_nothing: bool) -> CommitHandle {
@@ -388,5 +396,9 @@ impl Health for Postgres {
 
     fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    fn available(&self) -> bool {
+        self.up.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
