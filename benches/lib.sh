@@ -5,6 +5,7 @@ need_packages() {
   local need=()
   command -v smtp-source >/dev/null 2>&1 || need+=(postfix)
   command -v bc >/dev/null 2>&1 || need+=(bc)
+  ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
   if [ ${#need[@]} -gt 0 ]; then
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
     apt-get update -qq
@@ -16,8 +17,11 @@ WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/mmsrelay-bench.XXXXXX")
 chmod 755 "$WORK"   # Postfix's unprivileged daemons must reach their queue inside it
 PIDS=()
 POSTFIXES=()
+PG_PID=
 bench_cleanup() {
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  # PostgreSQL last, fast shutdown (SIGINT), once its clients are gone.
+  if [ -n "$PG_PID" ]; then sleep 0.5; kill -INT "$PG_PID" 2>/dev/null || true; wait "$PG_PID" 2>/dev/null || true; fi
   for d in "${POSTFIXES[@]:-}"; do [ -n "$d" ] && postfix -c "$d" stop >/dev/null 2>&1 || true; done
   rm -rf "$WORK"
 }
@@ -102,6 +106,22 @@ CF
   script -qc "postfix -c $pf start" /dev/null >/dev/null
   POSTFIXES+=("$pf")
   wait_port "$pport" "postfix (see $pf/log/maillog)"
+}
+
+# start_postgres DIR PORT: a private PostgreSQL cluster (as the package's postgres user) on
+# 127.0.0.1:PORT with trust auth for role mmsrelay and a database "bench"; sets PG_PID.
+start_postgres() {
+  local dir=$1 pport=$2 bin
+  bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  mkdir -p "$dir" && chown postgres:postgres "$dir"
+  setpriv --reuid=postgres --regid=postgres --init-groups "$bin/initdb" -D "$dir" -U mmsrelay \
+    --auth=trust -E UTF8 --no-sync >/dev/null
+  setpriv --reuid=postgres --regid=postgres --init-groups "$bin/postgres" -D "$dir" -p "$pport" \
+    -c listen_addresses=127.0.0.1 -c "unix_socket_directories=$dir" -c max_connections=300 \
+    >/dev/null 2>&1 &
+  PG_PID=$!
+  for _ in $(seq 100); do pg_isready -q -h 127.0.0.1 -p "$pport" && break; sleep 0.1; done
+  "$bin/createdb" -h 127.0.0.1 -p "$pport" -U mmsrelay bench
 }
 
 postfix_queue_size() { find "$1/spool/incoming" "$1/spool/active" "$1/spool/deferred" "$1/spool/maildrop" -type f 2>/dev/null | wc -l; }

@@ -96,6 +96,48 @@ stop_pid "$APID"
 row "relay, 100 KB: smtp-source → postfix → smtp-sink" "$(printf %.0f "$P_RELAY")" "msg/s" "1.00"
 row "relay, 100 KB: smtp-source → mmsrelay → sink" "$(printf %.0f "$R_RELAY")" "msg/s" "$(printf '%.2f × postfix' "$(echo "$R_RELAY / $P_RELAY" | bc -l)")"
 
+# --- Several nodes on one PostgreSQL: intake and relay through 1, 2 and 3 nodes (smtp-source
+# split across them, 50 sessions in all). All nodes, PostgreSQL and the load share 2 cores and
+# one disk here: this measures the cost of the shared store, not a cluster's capacity.
+PGPORT=$(port)
+start_postgres "$WORK/pg" "$PGPORT"
+PG_URL="postgres://mmsrelay@127.0.0.1:$PGPORT/bench"
+cluster_run() { # nodes what(intake|relay); sets CLUSTER_RATE
+  local n=$1 what=$2 i ports=() apis=() pids=() to=$TO_LOCAL t0 t1 db="bench_${2}_$1"
+  "$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)/createdb" -h 127.0.0.1 -p "$PGPORT" -U mmsrelay "$db"
+  [ "$what" = relay ] && to=$TO_ONWARD
+  for i in $(seq "$n"); do
+    ports+=("$(port)"); apis+=("$(port)")
+    start_relay "pg-$what-$n-$i" "${ports[-1]}" "${apis[-1]}" "backend = \"postgres\"
+url = \"postgres://mmsrelay@127.0.0.1:$PGPORT/$db\"
+pool_size = 16
+[cluster]
+node = \"n$i\"
+$PEER_SRC$(onward_peer sink "$BSINK")"
+    pids+=("${PIDS[-1]}")
+  done
+  local loads=()
+  t0=$(now)
+  for i in $(seq "$n"); do
+    smtp-source -s $((50 / n)) -m $((MSGS / n)) -F "$WORK/fwd.eml" -f "$FROM" -t "$to" "127.0.0.1:${ports[$((i - 1))]}" >/dev/null &
+    loads+=("$!")
+  done
+  for p in "${loads[@]}"; do wait "$p"; done
+  if [ "$what" = relay ]; then
+    while [ "$(queue_depth "${apis[0]}")" != 0 ]; do sleep 0.05; done
+  fi
+  t1=$(now)
+  for p in "${pids[@]}"; do stop_pid "$p"; done
+  CLUSTER_RATE=$(rate $(( (MSGS / n) * n )) "$(echo "$t1 - $t0" | bc -l)")
+}
+for what in intake relay; do
+  for n in 1 2 3; do
+    cluster_run "$n" "$what"
+    base=$P_IN; [ "$what" = relay ] && base=$P_RELAY
+    row "$what, 100 KB: $n node(s) on PostgreSQL" "$(printf %.0f "$CLUSTER_RATE")" "msg/s" "$(printf '%.2f × postfix' "$(echo "$CLUSTER_RATE / $base" | bc -l)")"
+  done
+done
+
 # --- End to end with acks: load → A → B (two mmsrelays), B's RES as mail, or folded (SYNC).
 make_forward "$WORK/ack.eml" "$SIZE" Yes
 pair_run() { # xmm4(true|false); sets PAIR_RATE (no subshell: PIDS must stay ours)

@@ -8,8 +8,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
+use deadpool_postgres::Transaction;
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::Transaction;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Error, Row};
 
 use crate::contract::{Guard, Op, OpResult, Stats, StoreError};
 
@@ -107,7 +109,8 @@ async fn write(
         }
     }
     for (queue, d) in deltas.into_iter().filter(|(_, d)| *d != 0) {
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO queue_depth (queue, node, depth) VALUES ($1, $2, $3) \
              ON CONFLICT (queue, node) DO UPDATE SET depth = queue_depth.depth + EXCLUDED.depth",
             &[&queue, &node, &d],
@@ -118,6 +121,26 @@ async fn write(
     // Claims live in the rows: a claim ends in the same commit as the write that finishes it.
     tx.commit().await.map_err(db)?;
     Ok(all)
+}
+
+/// Statements are prepared once per connection: one round trip per statement, not two.
+async fn exec(tx: &Transaction<'_>, sql: &str, p: &[&(dyn ToSql + Sync)]) -> Result<u64, Error> {
+    let st = tx.prepare_cached(sql).await?;
+    tx.execute(&st, p).await
+}
+
+async fn opt(
+    tx: &Transaction<'_>,
+    sql: &str,
+    p: &[&(dyn ToSql + Sync)],
+) -> Result<Option<Row>, Error> {
+    let st = tx.prepare_cached(sql).await?;
+    tx.query_opt(&st, p).await
+}
+
+async fn one(tx: &Transaction<'_>, sql: &str, p: &[&(dyn ToSql + Sync)]) -> Result<Row, Error> {
+    let st = tx.prepare_cached(sql).await?;
+    tx.query_one(&st, p).await
 }
 
 fn merge(into: &mut Deltas, from: Deltas) {
@@ -136,21 +159,19 @@ fn moved(deltas: &mut Deltas, old: Option<(i64, String)>, new: Option<(i64, &str
 }
 
 /// One op inside the batch's transaction (or a job's savepoint).
-async fn op_apply(
-    tx: &Transaction<'_>,
-    op: &Op,
-    deltas: &mut Deltas,
-) -> Result<OpResult, tokio_postgres::Error> {
+async fn op_apply(tx: &Transaction<'_>, op: &Op, deltas: &mut Deltas) -> Result<OpResult, Error> {
     Ok(match op {
         Op::PutMessage { id, meta, body } => {
             let id = *id as i64;
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO messages (id, meta) VALUES ($1, $2) \
                  ON CONFLICT (id) DO UPDATE SET meta = EXCLUDED.meta",
                 &[&id, meta],
             )
             .await?;
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO bodies (id, body) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
                 &[&id, body],
             )
@@ -158,7 +179,8 @@ async fn op_apply(
             OpResult::Done
         }
         Op::UpdateMessage { id, meta } => {
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE messages SET meta = $2 WHERE id = $1",
                 &[&(*id as i64), meta],
             )
@@ -173,13 +195,13 @@ async fn op_apply(
             guard,
         } => {
             let (id, idx) = (*id as i64, *idx as i32);
-            let row = tx
-                .query_opt(
-                    "SELECT version, due_at, queue, lease_token FROM recipients \
+            let row = opt(
+                tx,
+                "SELECT version, due_at, queue, lease_token FROM recipients \
                      WHERE id = $1 AND idx = $2 FOR UPDATE",
-                    &[&id, &idx],
-                )
-                .await?;
+                &[&id, &idx],
+            )
+            .await?;
             let current = row.as_ref().map(|r| {
                 let version: i64 = r.get(0);
                 let due_at: Option<i64> = r.get(1);
@@ -199,7 +221,8 @@ async fn op_apply(
             if !holds {
                 // The claim ends with this write, applied or not.
                 if let Some(t) = lease_token {
-                    tx.execute(
+                    exec(
+                        tx,
                         "UPDATE recipients SET lease_owner = NULL, lease_until = NULL, \
                          lease_token = NULL WHERE id = $1 AND idx = $2 AND lease_token = $3",
                         &[&id, &idx, &t],
@@ -211,7 +234,8 @@ async fn op_apply(
             let due_at = due.as_ref().map(|d| d.at as i64);
             let queue = due.as_ref().map_or("", |d| d.queue.as_str());
             let ends_claim = matches!(guard, Guard::Lease { .. });
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO recipients (id, idx, version, due_at, queue, state) \
                  VALUES ($1, $2, 1, $3, $4, $5) \
                  ON CONFLICT (id, idx) DO UPDATE SET version = recipients.version + 1, \
@@ -235,30 +259,31 @@ async fn op_apply(
             id,
         } => {
             let id = *id as i64;
-            let inserted = tx
-                .query_opt(
-                    "INSERT INTO dedupe (key, id) VALUES ($1, $2) \
+            let inserted = opt(
+                tx,
+                "INSERT INTO dedupe (key, id) VALUES ($1, $2) \
                      ON CONFLICT (key) DO NOTHING RETURNING id",
-                    &[dedupe_key, &id],
-                )
-                .await?;
+                &[dedupe_key, &id],
+            )
+            .await?;
             if inserted.is_some() {
-                tx.execute(
+                exec(
+                    tx,
                     "INSERT INTO mailbox (address, id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                     &[address, &id],
                 )
                 .await?;
                 OpResult::Delivered
             } else {
-                let first: i64 = tx
-                    .query_one("SELECT id FROM dedupe WHERE key = $1", &[dedupe_key])
+                let first: i64 = one(tx, "SELECT id FROM dedupe WHERE key = $1", &[dedupe_key])
                     .await?
                     .get(0);
                 OpResult::Duplicate(first as u64)
             }
         }
         Op::PutEvent { id, event } => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO events (id, event) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE \
                  SET event = EXCLUDED.event, lease_owner = NULL, lease_until = NULL, \
                  lease_token = NULL",
@@ -281,7 +306,8 @@ async fn op_apply(
             }
         }
         Op::PutCapability { peer, record } => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO capabilities (key, record) VALUES ($1, $2) \
                  ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record",
                 &[peer, record],
@@ -290,7 +316,8 @@ async fn op_apply(
             OpResult::Done
         }
         Op::PutIndex { key, value } => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO named_index (key, value) VALUES ($1, $2) \
                  ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
                 &[key, value],
@@ -299,8 +326,7 @@ async fn op_apply(
             OpResult::Done
         }
         Op::DeleteIndex { key } => {
-            tx.execute("DELETE FROM named_index WHERE key = $1", &[key])
-                .await?;
+            exec(tx, "DELETE FROM named_index WHERE key = $1", &[key]).await?;
             OpResult::Done
         }
     })

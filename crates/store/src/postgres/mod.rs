@@ -117,11 +117,38 @@ impl Postgres {
         key: &(dyn tokio_postgres::types::ToSql + Sync),
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let c = self.client().await?;
-        Ok(c.query_opt(sql, &[key])
-            .await
-            .map_err(db)?
-            .map(|r| r.get(0)))
+        Ok(q_opt(&c, sql, &[key]).await.map_err(db)?.map(|r| r.get(0)))
     }
+}
+
+type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)];
+
+/// Statements are prepared once per pooled connection: one round trip per request, not two.
+async fn q(
+    c: &deadpool_postgres::Object,
+    sql: &str,
+    p: Params<'_>,
+) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    let st = c.prepare_cached(sql).await?;
+    c.query(&st, p).await
+}
+
+async fn q_opt(
+    c: &deadpool_postgres::Object,
+    sql: &str,
+    p: Params<'_>,
+) -> Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
+    let st = c.prepare_cached(sql).await?;
+    c.query_opt(&st, p).await
+}
+
+async fn q_exec(
+    c: &deadpool_postgres::Object,
+    sql: &str,
+    p: Params<'_>,
+) -> Result<u64, tokio_postgres::Error> {
+    let st = c.prepare_cached(sql).await?;
+    c.execute(&st, p).await
 }
 
 fn row_of(r: &tokio_postgres::Row) -> RecipientRow {
@@ -173,32 +200,32 @@ impl Spool for Postgres {
 
     async fn recipients(&self, id: MsgId) -> Result<Vec<RecipientRow>, StoreError> {
         let c = self.client().await?;
-        let rows = c
-            .query(
-                "SELECT idx, version, due_at, queue, state FROM recipients \
+        let rows = q(
+            &c,
+            "SELECT idx, version, due_at, queue, state FROM recipients \
                  WHERE id = $1 ORDER BY idx",
-                &[&(id as i64)],
-            )
-            .await
-            .map_err(db)?;
+            &[&(id as i64)],
+        )
+        .await
+        .map_err(db)?;
         Ok(rows.iter().map(row_of).collect())
     }
 
     async fn mailbox(&self, address: &str) -> Result<Vec<MsgId>, StoreError> {
         let c = self.client().await?;
-        let rows = c
-            .query(
-                "SELECT id FROM mailbox WHERE address = $1 ORDER BY id",
-                &[&address],
-            )
-            .await
-            .map_err(db)?;
+        let rows = q(
+            &c,
+            "SELECT id FROM mailbox WHERE address = $1 ORDER BY id",
+            &[&address],
+        )
+        .await
+        .map_err(db)?;
         Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
     }
 
     async fn dedupe(&self, key: &str) -> Result<Option<MsgId>, StoreError> {
         let c = self.client().await?;
-        Ok(c.query_opt("SELECT id FROM dedupe WHERE key = $1", &[&key])
+        Ok(q_opt(&c, "SELECT id FROM dedupe WHERE key = $1", &[&key])
             .await
             .map_err(db)?
             .map(|r| r.get::<_, i64>(0) as u64))
@@ -222,9 +249,9 @@ impl Spool for Postgres {
         let c = self.client().await?;
         let now = req.now as i64;
         let until = req.now.saturating_add(req.lease.as_millis() as u64) as i64;
-        let rows = c
-            .query(
-                "UPDATE recipients r SET lease_owner = $1, lease_until = $2, \
+        let rows = q(
+            &c,
+            "UPDATE recipients r SET lease_owner = $1, lease_until = $2, \
                  lease_token = nextval('tokens') \
                  FROM (SELECT id, idx FROM recipients \
                        WHERE queue = $3 AND due_at IS NOT NULL AND due_at <= $4 \
@@ -232,10 +259,10 @@ impl Spool for Postgres {
                        ORDER BY due_at, id, idx LIMIT $5 FOR UPDATE SKIP LOCKED) c \
                  WHERE r.id = c.id AND r.idx = c.idx \
                  RETURNING r.id, r.idx, r.version, r.due_at, r.queue, r.state, r.lease_token",
-                &[&req.owner, &until, &queue, &now, &(req.limit as i64)],
-            )
-            .await
-            .map_err(db)?;
+            &[&req.owner, &until, &queue, &now, &(req.limit as i64)],
+        )
+        .await
+        .map_err(db)?;
         let mut out: Vec<Claimed> = rows
             .iter()
             .map(|r| Claimed {
@@ -252,17 +279,17 @@ impl Spool for Postgres {
         let c = self.client().await?;
         let now = req.now as i64;
         let until = req.now.saturating_add(req.lease.as_millis() as u64) as i64;
-        let rows = c
-            .query(
-                "UPDATE events e SET lease_owner = $1, lease_until = $2, \
+        let rows = q(
+            &c,
+            "UPDATE events e SET lease_owner = $1, lease_until = $2, \
                  lease_token = nextval('tokens') \
                  FROM (SELECT id FROM events WHERE lease_until IS NULL OR lease_until <= $3 \
                        ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) c \
                  WHERE e.id = c.id RETURNING e.id, e.event, e.lease_token",
-                &[&req.owner, &until, &now, &(req.limit as i64)],
-            )
-            .await
-            .map_err(db)?;
+            &[&req.owner, &until, &now, &(req.limit as i64)],
+        )
+        .await
+        .map_err(db)?;
         let mut out: Vec<ClaimedEvent> = rows
             .iter()
             .map(|r| ClaimedEvent {
@@ -283,9 +310,9 @@ impl Spool for Postgres {
             "UPDATE events SET lease_until = $2 WHERE lease_owner = $1 AND lease_until < $2",
             "UPDATE jobs SET until = $2 WHERE owner = $1 AND until < $2",
         ] {
-            c.execute(sql, &[&owner, &until]).await.map_err(db)?;
+            q_exec(&c, sql, &[&owner, &until]).await.map_err(db)?;
         }
-        c.execute(
+        q_exec(&c, 
             "INSERT INTO nodes (name, owner, heartbeat) VALUES ($1, $2, $3) \
              ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, heartbeat = EXCLUDED.heartbeat",
             &[&node_of(owner), &owner, &(now as i64)],
@@ -304,8 +331,8 @@ impl Spool for Postgres {
     ) -> Result<Option<Token>, StoreError> {
         let c = self.client().await?;
         let until = now.saturating_add(lease.as_millis() as u64) as i64;
-        let row = c
-            .query_opt(
+        let row = q_opt(
+                &c,
                 "INSERT INTO jobs (name, owner, until, token) VALUES ($1, $2, $3, nextval('tokens')) \
                  ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, \
                  until = GREATEST(jobs.until, EXCLUDED.until), \
@@ -321,16 +348,16 @@ impl Spool for Postgres {
 
     async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
         let c = self.client().await?;
-        let rows = c
-            .query(
-                "SELECT n.name, n.heartbeat, \
+        let rows = q(
+            &c,
+            "SELECT n.name, n.heartbeat, \
                  (SELECT count(*) FROM recipients r WHERE r.lease_owner = n.owner) + \
                  (SELECT count(*) FROM events e WHERE e.lease_owner = n.owner) \
                  FROM nodes n ORDER BY n.name",
-                &[],
-            )
-            .await
-            .map_err(db)?;
+            &[],
+        )
+        .await
+        .map_err(db)?;
         Ok(rows
             .iter()
             .map(|r| NodeInfo {
@@ -343,8 +370,8 @@ impl Spool for Postgres {
 
     async fn queues(&self) -> Result<Vec<QueueSummary>, StoreError> {
         let c = self.client().await?;
-        let rows = c
-            .query(
+        let rows = q(
+                &c,
                 "SELECT q.queue, q.depth, \
                  (SELECT min(due_at) FROM recipients r WHERE r.queue = q.queue AND r.due_at IS NOT NULL) \
                  FROM (SELECT queue, sum(depth)::bigint AS depth FROM queue_depth GROUP BY queue) q \
@@ -365,14 +392,14 @@ impl Spool for Postgres {
 
     async fn oldest(&self, queue: &str, limit: usize) -> Result<Vec<Due>, StoreError> {
         let c = self.client().await?;
-        let rows = c
-            .query(
-                "SELECT due_at, id, idx FROM recipients WHERE queue = $1 AND due_at IS NOT NULL \
+        let rows = q(
+            &c,
+            "SELECT due_at, id, idx FROM recipients WHERE queue = $1 AND due_at IS NOT NULL \
                  ORDER BY due_at, id, idx LIMIT $2",
-                &[&queue, &(limit as i64)],
-            )
-            .await
-            .map_err(db)?;
+            &[&queue, &(limit as i64)],
+        )
+        .await
+        .map_err(db)?;
         Ok(rows
             .iter()
             .map(|r| Due {
