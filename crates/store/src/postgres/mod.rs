@@ -312,7 +312,7 @@ impl Spool for Postgres {
         ] {
             q_exec(&c, sql, &[&owner, &until]).await.map_err(db)?;
         }
-        q_exec(&c, 
+        q_exec(&c,
             "INSERT INTO nodes (name, owner, heartbeat) VALUES ($1, $2, $3) \
              ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, heartbeat = EXCLUDED.heartbeat",
             &[&node_of(owner), &owner, &(now as i64)],
