@@ -22,12 +22,17 @@ struct Node {
 
 /// Node `name` of operator A on the shared database.
 fn node(name: &str, url: &str, peer: SocketAddr) -> Node {
+    node_with(name, url, peer, 4)
+}
+
+/// [`node`], with B allowing `max_connections` connections.
+fn node_with(name: &str, url: &str, peer: SocketAddr, max_connections: usize) -> Node {
     let dir = testbed::TempDir::new(&format!("cluster-{name}"));
     let smtp: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
         .parse()
         .unwrap();
     let extra = format!(
-        "hosts = [\"{peer}\"]\ntls = \"none\"\nmax_connections = 4\n\n\
+        "hosts = [\"{peer}\"]\ntls = \"none\"\nmax_connections = {max_connections}\n\n\
 [[peer]]\nname = \"operator-c\"\ndomains = [\"mms.mnc001.mcc208.gprs\"]\nprefixes = [\"+336\"]\n\
 allow = [\"127.0.0.3/32\"]\ntransit = true\ntls = \"none\"\n\n\
 [queue]\nack_timeout = \"10m\"\nretry_initial = \"1s\"\nretry_max = \"2s\"\n\n\
@@ -364,4 +369,83 @@ fn another_node_takes_over_a_dead_nodes_claims_within_the_lease() {
     for id in &ids {
         wait_message(&a2.api, id, |v| v["recipients"][0]["state"] == "forwarded");
     }
+}
+
+/// A slow peer (each message answered after 200 ms) that records how many connections it had
+/// open at once.
+fn counting_peer(
+    open: Arc<AtomicUsize>,
+    most: Arc<AtomicUsize>,
+    taken: Arc<AtomicUsize>,
+) -> SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let (open, most, taken) = (open.clone(), most.clone(), taken.clone());
+            std::thread::spawn(move || {
+                let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                let _ = w.write_all(b"220 slow ESMTP\r\n");
+                let (mut line, mut in_data) = (String::new(), false);
+                while r.read_line(&mut line).unwrap_or(0) > 0 {
+                    let reply: &[u8] = if in_data {
+                        if line == ".\r\n" {
+                            in_data = false;
+                            std::thread::sleep(Duration::from_millis(200));
+                            taken.fetch_add(1, Ordering::SeqCst);
+                            b"250 2.0.0 taken\r\n"
+                        } else {
+                            b""
+                        }
+                    } else if line.starts_with("DATA") {
+                        in_data = true;
+                        b"354 go\r\n"
+                    } else if line.starts_with("EHLO") {
+                        b"250-slow\r\n250 PIPELINING\r\n"
+                    } else if line.starts_with("QUIT") {
+                        let _ = w.write_all(b"221 bye\r\n");
+                        break;
+                    } else {
+                        b"250 2.0.0 ok\r\n"
+                    };
+                    let _ = w.write_all(reply);
+                    line.clear();
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_peers_connection_limit_counts_every_nodes_connections() {
+    let pg = testbed::Postgres::start();
+    pg.create_db("slots");
+    let url = pg.url("slots");
+    let open = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let taken = Arc::new(AtomicUsize::new(0));
+    let peer = counting_peer(open, most.clone(), taken.clone());
+    // Each node alone would open 2; together they must stay within 2.
+    let a1 = node_with("a1", &url, peer, 2);
+    let a2 = node_with("a2", &url, peer, 2);
+    for n in 0..12 {
+        let api = if n % 2 == 0 { &a1.api } else { &a2.api };
+        submit(api, &format!("+4917240000{n:02}"), "slots").expect("accepted");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while taken.load(Ordering::SeqCst) < 12 {
+        assert!(Instant::now() < deadline, "not all delivered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        most.load(Ordering::SeqCst) <= 2,
+        "{} connections at once for a limit of 2",
+        most.load(Ordering::SeqCst)
+    );
 }

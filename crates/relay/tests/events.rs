@@ -91,6 +91,19 @@ impl Spool for Flaky {
     ) -> Result<Option<Token>, StoreError> {
         self.inner.claim_job(name, owner, now, lease).await
     }
+    async fn claim_slot(
+        &self,
+        peer: &str,
+        limit: usize,
+        owner: &str,
+        now: u64,
+        lease: Duration,
+    ) -> Result<Option<Slot>, StoreError> {
+        self.inner.claim_slot(peer, limit, owner, now, lease).await
+    }
+    async fn release_slot(&self, slot: &Slot) -> Result<(), StoreError> {
+        self.inner.release_slot(slot).await
+    }
     async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
         self.inner.nodes().await
     }

@@ -201,6 +201,15 @@ pub struct QueueSummary {
     pub next_due: Option<u64>,
 }
 
+/// One of a peer's connection slots, held by one owner while its connection is open: a peer's
+/// `max_connections` counts the connections of every node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub peer: String,
+    pub n: u32,
+    pub token: Token,
+}
+
 /// A node as the store knows it: its last heartbeat ([`Spool::renew`]) and the work it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -311,6 +320,19 @@ pub trait Spool: Send + Sync {
         now: u64,
         lease: Duration,
     ) -> Result<Option<Token>, StoreError>;
+
+    /// Claims a free one of `limit` connection slots of `peer` for `owner` (renewed with its
+    /// other claims); `None` while all are held.
+    async fn claim_slot(
+        &self,
+        peer: &str,
+        limit: usize,
+        owner: &str,
+        now: u64,
+        lease: Duration,
+    ) -> Result<Option<Slot>, StoreError>;
+    /// Gives a slot back (its connection is closed).
+    async fn release_slot(&self, slot: &Slot) -> Result<(), StoreError>;
 
     /// The nodes that have renewed claims (each `renew` is a node's heartbeat; a node is named
     /// by [`node_of`] its owner name, and its claims are its latest incarnation's).

@@ -627,6 +627,33 @@ impl Spool for Embedded {
         Ok(out)
     }
 
+    async fn claim_slot(
+        &self,
+        peer: &str,
+        limit: usize,
+        owner: &str,
+        now: u64,
+        lease: Duration,
+    ) -> Result<Option<Slot>, StoreError> {
+        Ok(self
+            .shared
+            .leases()
+            .slot(peer, limit, owner, now, lease)
+            .map(|(n, token)| Slot {
+                peer: peer.to_string(),
+                n,
+                token,
+            }))
+    }
+
+    async fn release_slot(&self, slot: &Slot) -> Result<(), StoreError> {
+        self.shared
+            .leases()
+            .slots
+            .finish(&(slot.peer.clone(), slot.n), slot.token);
+        Ok(())
+    }
+
     async fn claim_job(
         &self,
         name: &str,

@@ -108,6 +108,8 @@ pub struct Leases<R, E> {
     pub recipients: Claims<R>,
     pub events: Claims<E>,
     pub jobs: Claims<String>,
+    /// Connection slots: (peer, slot number).
+    pub slots: Claims<(String, u32)>,
     next: Token,
 }
 
@@ -118,6 +120,7 @@ impl<R: Eq + Hash + Clone, E: Eq + Hash + Clone> Leases<R, E> {
             recipients: Claims::default(),
             events: Claims::default(),
             jobs: Claims::default(),
+            slots: Claims::default(),
             next: start.max(1),
         }
     }
@@ -142,6 +145,23 @@ impl<R: Eq + Hash + Clone, E: Eq + Hash + Clone> Leases<R, E> {
         self.recipients.renew(owner, until);
         self.events.renew(owner, until);
         self.jobs.renew(owner, until);
+        self.slots.renew(owner, until);
+    }
+
+    /// The first free one of `limit` slots of `peer`, claimed for `owner`.
+    pub fn slot(
+        &mut self,
+        peer: &str,
+        limit: usize,
+        owner: &str,
+        now: u64,
+        lease: Duration,
+    ) -> Option<(u32, Token)> {
+        let n = (0..limit as u32).find(|n| self.slots.is_free(&(peer.to_string(), *n), now))?;
+        let l = self.lease(owner, now, lease);
+        let token = l.token;
+        self.slots.grant((peer.to_string(), n), l);
+        Some((n, token))
     }
 
     /// A named job's claim: granted when free or already `owner`'s (then extended).

@@ -4,6 +4,10 @@
 //! sessions (often with a `421` first). So a connection is checked before reuse — without
 //! waiting — and one idle longer than the limit is closed instead: either way the transaction
 //! gets a fresh connection at once rather than a failure and a retry after back-off.
+//!
+//! Every open connection holds one of its peer's connection slots (a peer's `max_connections`
+//! counts the connections of every node); the slot travels with the connection into the pool
+//! and out, and is given back when the connection is closed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,9 +15,16 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use smtp::client_driver::Connection;
+use store::Slot;
+
+/// An open connection and the slot it holds.
+pub struct Held {
+    pub conn: Connection,
+    pub slot: Slot,
+}
 
 struct Idle {
-    conn: Connection,
+    held: Held,
     /// Unix ms when it went idle.
     since: i64,
 }
@@ -31,49 +42,53 @@ impl Pool {
         }
     }
 
-    /// A live idle connection to `hop` for `peer`, if there is one. Stale or closed ones met on
-    /// the way are closed.
-    pub fn take(&self, peer: &str, hop: SocketAddr, now: i64) -> Option<Connection> {
+    /// A live idle connection to `hop` for `peer`, if there is one; and the stale or closed
+    /// ones met on the way, for the caller to close.
+    pub fn take(&self, peer: &str, hop: SocketAddr, now: i64) -> (Option<Held>, Vec<Held>) {
         let mut stale = Vec::new();
-        let found = {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            let list = idle.get_mut(peer)?;
-            let mut found = None;
-            while let Some(i) = list.iter().rposition(|c| c.conn.addr == hop) {
-                let mut c = list.swap_remove(i);
-                let fresh = now - c.since <= self.max_idle.as_millis() as i64;
-                if fresh && c.conn.is_alive() {
-                    found = Some(c.conn);
-                    break;
-                }
-                stale.push(c.conn);
-            }
-            found
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(list) = idle.get_mut(peer) else {
+            return (None, stale);
         };
-        for c in stale {
-            tokio::spawn(c.quit());
+        while let Some(i) = list.iter().rposition(|c| c.held.conn.addr == hop) {
+            let mut c = list.swap_remove(i);
+            let fresh = now - c.since <= self.max_idle.as_millis() as i64;
+            if fresh && c.held.conn.is_alive() {
+                return (Some(c.held), stale);
+            }
+            stale.push(c.held);
         }
-        found
+        (None, stale)
     }
 
-    /// Keeps `conn` for reuse, up to `limit` idle connections for `peer` (as many as the peer
-    /// allows at once: reopening costs a handshake, a greeting and an EHLO).
-    pub fn put(&self, peer: &str, conn: Connection, limit: usize, now: i64) {
-        if !conn.reusable() {
-            return;
+    /// Keeps a connection for reuse, up to `limit` idle ones for `peer`; what it cannot keep
+    /// comes back, to be closed.
+    pub fn put(&self, peer: &str, held: Held, limit: usize, now: i64) -> Option<Held> {
+        if !held.conn.reusable() {
+            return Some(held);
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(peer.to_string()).or_default();
-        if list.len() < limit {
-            list.push(Idle { conn, since: now });
+        if list.len() >= limit {
+            return Some(held);
         }
+        list.push(Idle { held, since: now });
+        None
+    }
+
+    /// The longest idle connection of `peer`, to close so that its slot serves another hop.
+    pub fn evict_one(&self, peer: &str) -> Option<Held> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.get_mut(peer)?;
+        let i = (0..list.len()).min_by_key(|i| list[*i].since)?;
+        Some(list.swap_remove(i).held)
     }
 
     /// Every idle connection (to close them at shutdown).
-    pub fn drain(&self) -> Vec<Connection> {
+    pub fn drain(&self) -> Vec<Held> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.drain()
-            .flat_map(|(_, v)| v.into_iter().map(|i| i.conn))
+            .flat_map(|(_, v)| v.into_iter().map(|i| i.held))
             .collect()
     }
 }

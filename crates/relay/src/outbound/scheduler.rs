@@ -76,8 +76,8 @@ impl Outbound {
         })
         .await;
         tasks.shutdown().await;
-        for c in self.pool.drain() {
-            c.quit().await;
+        for h in self.pool.drain() {
+            self.close(h).await;
         }
     }
 

@@ -6,9 +6,11 @@ use std::net::SocketAddr;
 use mm4::{Domain, RequestStatus};
 use smtp::client::{OutEnvelope, OutRcpt, PlanError};
 use smtp::client_driver::{Connection, SessionError};
+use store::Slot;
 
 use super::delivery::Group;
 use super::policy::Attempt;
+use super::pool::Held;
 use super::render::{render, Rendered};
 use super::{Outbound, SeenCapabilities};
 use crate::directory::Peer;
@@ -198,7 +200,7 @@ impl Outbound {
     }
 
     /// The transaction over one next hop: a pooled connection when a live one is idle (and a
-    /// fresh one at once if that one turns out dead), else a new one.
+    /// fresh one at once if that one turns out dead), else a new one in a free slot.
     async fn send_via(
         &self,
         peer: &Peer,
@@ -207,8 +209,12 @@ impl Outbound {
         bytes: &[u8],
     ) -> Result<Vec<Attempt>, Attempt> {
         let name = &peer.cfg.name;
-        if let Some(conn) = self.pool.take(name, hop, self.clock.now_ms()) {
-            match self.transact(peer, conn, env, bytes).await {
+        let (pooled, stale) = self.pool.take(name, hop, self.clock.now_ms());
+        for h in stale {
+            self.close(h).await;
+        }
+        if let Some(held) = pooled {
+            match self.transact(peer, held, env, bytes).await {
                 // The peer dropped an idle connection between our check and our command:
                 // nothing was accepted, so a new connection carries the transaction now.
                 Err(Attempt::Retry { evidence }) => {
@@ -217,28 +223,84 @@ impl Outbound {
                 other => return other,
             }
         }
-        let conn = self
-            .connect(name, hop, peer.cfg.tls)
-            .await
-            .map_err(|e| Attempt::from_session(&e))?;
-        self.transact(peer, conn, env, bytes).await
+        let slot = self.slot(peer).await?;
+        let conn = match self.connect(name, hop, peer.cfg.tls).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.release_slot(&slot).await;
+                return Err(Attempt::from_session(&e));
+            }
+        };
+        self.transact(peer, Held { conn, slot }, env, bytes).await
     }
 
-    /// Sends on `conn` and gives it back to the pool when it can carry another transaction.
+    /// One of the peer's connection slots (counted across the cluster). When all are held, an
+    /// idle connection of ours to the peer is closed to free one; else we wait for one, up to
+    /// the connect timeout.
+    async fn slot(&self, peer: &Peer) -> Result<Slot, Attempt> {
+        let name = &peer.cfg.name;
+        let limit = peer.cfg.max_connections;
+        let deadline = tokio::time::Instant::now() + self.cfg.client.timeouts.connect;
+        loop {
+            let now = self.clock.now_ms().max(0) as u64;
+            match self
+                .store
+                .claim_slot(name, limit, &self.cfg.node, now, self.cfg.lease)
+                .await
+            {
+                Ok(Some(s)) => return Ok(s),
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(Attempt::Retry {
+                        evidence: e.to_string(),
+                    })
+                }
+            }
+            if let Some(h) = self.pool.evict_one(name) {
+                self.close(h).await;
+                continue;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Attempt::Retry {
+                    evidence: format!(
+                        "all {limit} connections to {name} are in use across the cluster"
+                    ),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn release_slot(&self, slot: &Slot) {
+        if let Err(e) = self.store.release_slot(slot).await {
+            // It lapses with this node's claims.
+            tracing::warn!(error = %e, peer = %slot.peer, "connection slot not released");
+        }
+    }
+
+    /// Closes a connection and gives its slot back.
+    pub(super) async fn close(&self, h: Held) {
+        h.conn.quit().await;
+        self.release_slot(&h.slot).await;
+    }
+
+    /// Sends on a connection and gives it back to the pool when it can carry another
+    /// transaction (else closes it).
     async fn transact(
         &self,
         peer: &Peer,
-        mut conn: Connection,
+        held: Held,
         env: &OutEnvelope,
         bytes: &[u8],
     ) -> Result<Vec<Attempt>, Attempt> {
+        let Held { mut conn, slot } = held;
         let mut sent = conn.send(env, bytes).await;
         if let Ok(Err(PlanError::NeedsDowngrade)) = sent {
             // No 8BITMIME at the next hop: 8-bit parts go as base64 (RFC 6152 §3).
             match mm4::mime::downgrade_8bit(bytes) {
                 Ok(seven) => sent = conn.send(env, &seven).await,
                 Err(e) => {
-                    self.release(peer, conn);
+                    self.release(peer, Held { conn, slot }).await;
                     return Err(Attempt::Fail {
                         status: RequestStatus::ErrorContentNotAccepted,
                         evidence: format!(
@@ -248,39 +310,34 @@ impl Outbound {
                 }
             }
         }
-        match sent {
-            Ok(Ok(results)) => {
-                self.release(peer, conn);
-                Ok(results.iter().map(Attempt::from_result).collect())
-            }
-            Ok(Err(PlanError::TooBig { size, limit })) => {
-                self.release(peer, conn);
-                Err(Attempt::Fail {
-                    status: RequestStatus::ErrorContentNotAccepted,
-                    evidence: format!("{size} octets exceed the server's SIZE {limit} (not sent)"),
-                })
-            }
-            Ok(Err(e)) => {
-                self.release(peer, conn);
-                Err(Attempt::Fail {
-                    status: RequestStatus::ErrorContentNotAccepted,
-                    evidence: e.to_string(),
-                })
-            }
+        let result = match sent {
+            Ok(Ok(results)) => Ok(results.iter().map(Attempt::from_result).collect()),
+            Ok(Err(PlanError::TooBig { size, limit })) => Err(Attempt::Fail {
+                status: RequestStatus::ErrorContentNotAccepted,
+                evidence: format!("{size} octets exceed the server's SIZE {limit} (not sent)"),
+            }),
+            Ok(Err(e)) => Err(Attempt::Fail {
+                status: RequestStatus::ErrorContentNotAccepted,
+                evidence: e.to_string(),
+            }),
             // The connection broke mid-transaction: the next host, else later.
             Err(e) => Err(Attempt::Retry {
                 evidence: e.to_string(),
             }),
-        }
+        };
+        self.release(peer, Held { conn, slot }).await;
+        result
     }
 
-    fn release(&self, peer: &Peer, conn: Connection) {
-        self.pool.put(
-            &peer.cfg.name,
-            conn,
-            peer.cfg.max_connections,
-            self.clock.now_ms(),
-        );
+    /// Back to the pool, or closed (broken, or the pool is full).
+    async fn release(&self, peer: &Peer, held: Held) {
+        let limit = peer.cfg.max_connections;
+        if let Some(h) = self
+            .pool
+            .put(&peer.cfg.name, held, limit, self.clock.now_ms())
+        {
+            self.close(h).await;
+        }
     }
 
     /// The EHLO record of a peer, if we have connected.

@@ -309,6 +309,7 @@ impl Spool for Postgres {
             "UPDATE recipients SET lease_until = $2 WHERE lease_owner = $1 AND lease_until < $2",
             "UPDATE events SET lease_until = $2 WHERE lease_owner = $1 AND lease_until < $2",
             "UPDATE jobs SET until = $2 WHERE owner = $1 AND until < $2",
+            "UPDATE peer_slots SET until = $2 WHERE owner = $1 AND until < $2",
         ] {
             q_exec(&c, sql, &[&owner, &until]).await.map_err(db)?;
         }
@@ -316,6 +317,68 @@ impl Spool for Postgres {
             "INSERT INTO nodes (name, owner, heartbeat) VALUES ($1, $2, $3) \
              ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, heartbeat = EXCLUDED.heartbeat",
             &[&node_of(owner), &owner, &(now as i64)],
+        )
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn claim_slot(
+        &self,
+        peer: &str,
+        limit: usize,
+        owner: &str,
+        now: u64,
+        lease: Duration,
+    ) -> Result<Option<Slot>, StoreError> {
+        let c = self.client().await?;
+        let until = now.saturating_add(lease.as_millis() as u64) as i64;
+        // Two nodes may pick the same free slot at once: the second finds it taken and looks
+        // again.
+        for _ in 0..4 {
+            let row = q_opt(
+                &c,
+                "INSERT INTO peer_slots (peer, slot, owner, until, token) \
+                 SELECT $1, s, $2, $3, nextval('tokens') FROM generate_series(0, $4 - 1) s \
+                 WHERE NOT EXISTS (SELECT 1 FROM peer_slots p \
+                                   WHERE p.peer = $1 AND p.slot = s AND p.until > $5) \
+                 ORDER BY s LIMIT 1 \
+                 ON CONFLICT (peer, slot) DO UPDATE SET owner = EXCLUDED.owner, \
+                 until = EXCLUDED.until, token = EXCLUDED.token WHERE peer_slots.until <= $5 \
+                 RETURNING slot, token",
+                &[&peer, &owner, &until, &(limit as i32), &(now as i64)],
+            )
+            .await
+            .map_err(db)?;
+            if let Some(r) = row {
+                return Ok(Some(Slot {
+                    peer: peer.to_string(),
+                    n: r.get::<_, i32>(0) as u32,
+                    token: r.get::<_, i64>(1) as u64,
+                }));
+            }
+            let free: i64 = q_opt(
+                &c,
+                "SELECT $2::bigint - count(*) FROM peer_slots \
+                 WHERE peer = $1 AND until > $3 AND slot < $2",
+                &[&peer, &(limit as i64), &(now as i64)],
+            )
+            .await
+            .map_err(db)?
+            .map_or(0, |r| r.get(0));
+            if free <= 0 {
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
+    async fn release_slot(&self, slot: &Slot) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        q_exec(
+            &c,
+            "DELETE FROM peer_slots WHERE peer = $1 AND slot = $2 AND token = $3",
+            &[&slot.peer, &(slot.n as i32), &(slot.token as i64)],
         )
         .await
         .map_err(db)?;

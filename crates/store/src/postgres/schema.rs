@@ -47,6 +47,7 @@ CREATE TABLE events (
 );
 CREATE TABLE capabilities (key text PRIMARY KEY, record bytea NOT NULL);
 CREATE TABLE named_index (key text PRIMARY KEY, value bytea NOT NULL);
+CREATE TABLE peer_slots (peer text NOT NULL, slot integer NOT NULL, owner text NOT NULL, until bigint NOT NULL, token bigint NOT NULL, PRIMARY KEY (peer, slot));
 CREATE TABLE jobs (name text PRIMARY KEY, owner text NOT NULL, until bigint NOT NULL, token bigint NOT NULL);
 CREATE TABLE queue_depth (queue text NOT NULL, node text NOT NULL, depth bigint NOT NULL, PRIMARY KEY (queue, node));
 CREATE TABLE nodes (name text PRIMARY KEY, owner text NOT NULL, heartbeat bigint NOT NULL);

@@ -93,13 +93,14 @@ pub async fn run_all(b: &impl Backend) {
     concurrent_commits_share_syncs(b).await;
     nodes_report_heartbeats_and_claims(b).await;
     a_restarted_node_does_not_keep_its_old_claims(b).await;
+    connection_slots_are_counted_across_owners(b).await;
 }
 
 /// One test per check of the battery for a backend: `battery!(|| backend);`.
 #[macro_export]
 macro_rules! battery {
     ($backend:expr) => {
-        $crate::battery!(@each $backend; commit_is_atomic_and_survives_reopening, the_store_moves_the_due_entry_and_counts_queues, compare_and_set_by_version, claims_follow_due_order_per_queue_and_exclude_each_other, a_finished_claim_is_not_handed_out_again, an_expired_claim_is_taken_over_and_the_late_owner_is_refused, a_write_by_someone_else_ends_the_claim, renewing_keeps_a_claim, events_are_claimed_and_deleted_by_their_owner_only, all_or_nothing_applies_nothing_on_a_conflict, dedupe_files_once, named_jobs_have_one_owner, concurrent_claimers_never_share_work, concurrent_commits_share_syncs, nodes_report_heartbeats_and_claims, a_restarted_node_does_not_keep_its_old_claims);
+        $crate::battery!(@each $backend; commit_is_atomic_and_survives_reopening, the_store_moves_the_due_entry_and_counts_queues, compare_and_set_by_version, claims_follow_due_order_per_queue_and_exclude_each_other, a_finished_claim_is_not_handed_out_again, an_expired_claim_is_taken_over_and_the_late_owner_is_refused, a_write_by_someone_else_ends_the_claim, renewing_keeps_a_claim, events_are_claimed_and_deleted_by_their_owner_only, all_or_nothing_applies_nothing_on_a_conflict, dedupe_files_once, named_jobs_have_one_owner, concurrent_claimers_never_share_work, concurrent_commits_share_syncs, nodes_report_heartbeats_and_claims, a_restarted_node_does_not_keep_its_old_claims, connection_slots_are_counted_across_owners);
     };
     (@each $backend:expr; $($name:ident),*) => {
         $(
@@ -643,5 +644,51 @@ pub async fn nodes_report_heartbeats_and_claims(b: &impl Backend) {
                 claimed: 0
             },
         ]
+    );
+}
+
+pub async fn connection_slots_are_counted_across_owners(b: &impl Backend) {
+    let s = b.fresh().await;
+    let a = s
+        .claim_slot("peer-b", 2, "n1/1", 1000, LEASE)
+        .await
+        .unwrap();
+    let c = s
+        .claim_slot("peer-b", 2, "n2/1", 1000, LEASE)
+        .await
+        .unwrap();
+    let (a, c) = (a.expect("first slot"), c.expect("second slot"));
+    assert_ne!(a.n, c.n);
+    assert_eq!(
+        s.claim_slot("peer-b", 2, "n3/1", 1000, LEASE)
+            .await
+            .unwrap(),
+        None,
+        "the peer's limit counts every node's connections"
+    );
+    assert!(
+        s.claim_slot("peer-c", 2, "n3/1", 1000, LEASE)
+            .await
+            .unwrap()
+            .is_some(),
+        "per peer"
+    );
+    s.release_slot(&a).await.unwrap();
+    let d = s
+        .claim_slot("peer-b", 2, "n3/1", 1000, LEASE)
+        .await
+        .unwrap();
+    assert_eq!(d.map(|d| d.n), Some(a.n), "a released slot is free again");
+    // n2 stops renewing: its slot lapses with its lease; renewed ones do not.
+    let lease_ms = LEASE.as_millis() as u64;
+    s.renew("n3/1", 1000 + lease_ms - 1, LEASE).await.unwrap();
+    let e = s
+        .claim_slot("peer-b", 2, "n4/1", 1000 + lease_ms, LEASE)
+        .await
+        .unwrap();
+    assert_eq!(
+        e.map(|e| e.n),
+        Some(c.n),
+        "only the lapsed slot is taken over"
     );
 }
