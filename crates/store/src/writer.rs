@@ -92,18 +92,30 @@ fn run<B: Batch>(mut backend: B, rx: mpsc::Receiver<Job>, stats: Arc<Stats>, max
                 Err(_) => break,
             }
         }
-        match backend.apply(&batch) {
-            Ok(results) => {
-                stats.syncs.fetch_add(1, Ordering::Relaxed);
-                for (job, r) in batch.into_iter().zip(results) {
-                    let _ = job.reply.send(r);
-                }
+        let results = backend.apply(&batch);
+        answer(batch, results, &stats);
+    }
+}
+
+/// Answers every caller of a batch: each its own result once the transaction is durable, or
+/// the transaction's error to all.
+#[allow(clippy::type_complexity)]
+pub fn answer(
+    batch: Vec<Job>,
+    results: Result<Vec<Result<Vec<OpResult>, StoreError>>, StoreError>,
+    stats: &Stats,
+) {
+    match results {
+        Ok(results) => {
+            stats.syncs.fetch_add(1, Ordering::Relaxed);
+            for (job, r) in batch.into_iter().zip(results) {
+                let _ = job.reply.send(r);
             }
-            Err(e) => {
-                tracing::error!(error = %e, jobs = batch.len(), "store commit failed");
-                for job in batch {
-                    let _ = job.reply.send(Err(StoreError::Db(e.to_string())));
-                }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, jobs = batch.len(), "store commit failed");
+            for job in batch {
+                let _ = job.reply.send(Err(StoreError::Db(e.to_string())));
             }
         }
     }

@@ -9,17 +9,12 @@ use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 use deadpool_postgres::Transaction;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Error, Row};
 
 use crate::contract::{Guard, Op, OpResult, Stats, StoreError};
-
-pub struct Job {
-    pub ops: Vec<Op>,
-    pub all_or_nothing: bool,
-    pub reply: oneshot::Sender<Result<Vec<OpResult>, StoreError>>,
-}
+use crate::writer::{answer, Job};
 
 /// Most commits one transaction carries.
 const MAX_BATCH: usize = 512;
@@ -48,20 +43,7 @@ pub async fn run(
         }
         let written = write(&pool, &node, &batch).await;
         up.store(written.is_ok(), Ordering::Relaxed);
-        match written {
-            Ok(results) => {
-                stats.syncs.fetch_add(1, Ordering::Relaxed);
-                for (job, r) in batch.into_iter().zip(results) {
-                    let _ = job.reply.send(r);
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, jobs = batch.len(), "store commit failed");
-                for job in batch {
-                    let _ = job.reply.send(Err(StoreError::Db(e.to_string())));
-                }
-            }
-        }
+        answer(batch, written, &stats);
     }
 }
 

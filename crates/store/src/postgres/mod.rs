@@ -25,7 +25,7 @@ const ID_BLOCK: u64 = 1024;
 /// The PostgreSQL backend of one node.
 pub struct Postgres {
     pool: Pool,
-    jobs: mpsc::UnboundedSender<apply::Job>,
+    jobs: mpsc::UnboundedSender<crate::writer::Job>,
     /// The rest of this node's current block of ids: (next, end).
     ids: Mutex<(u64, u64)>,
     stats: Arc<Stats>,
@@ -100,7 +100,7 @@ impl Postgres {
             .commits
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (reply, rx) = tokio::sync::oneshot::channel();
-        let job = apply::Job {
+        let job = crate::writer::Job {
             ops,
             all_or_nothing,
             reply,
