@@ -34,7 +34,8 @@ async fn open_store(cfg: &Config) -> Result<Arc<dyn Spool>, ServeError> {
         Backend::Embedded => Arc::new(Embedded::open(&cfg.store.path)?),
         Backend::Postgres => {
             let url = cfg.store.url.as_deref().unwrap_or_default();
-            Arc::new(Postgres::open(url, cfg.store.pool_size, &cfg.cluster.node).await?)
+            let ca = cfg.store.ca.as_deref();
+            Arc::new(Postgres::open(url, cfg.store.pool_size, &cfg.cluster.node, ca).await?)
         }
     })
 }

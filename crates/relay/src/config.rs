@@ -233,6 +233,8 @@ pub struct StoreConfig {
     /// `postgres`: connections per node.
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
+    /// `postgres` with TLS (`sslmode` in the URL): the CAs that vouch for the server.
+    pub ca: Option<PathBuf>,
 }
 
 fn default_pool_size() -> usize {
@@ -253,6 +255,7 @@ impl Default for StoreConfig {
             path: default_store_path(),
             url: None,
             pool_size: default_pool_size(),
+            ca: None,
         }
     }
 }
@@ -666,6 +669,23 @@ impl Config {
                 }
                 Some(_) => {}
             }
+            let tls = self
+                .store
+                .url
+                .as_deref()
+                .and_then(|u| u.parse::<tokio_postgres::Config>().ok())
+                .is_some_and(|c| c.get_ssl_mode() == tokio_postgres::config::SslMode::Require);
+            match &self.store.ca {
+                Some(ca) if !ca.is_file() => bad(
+                    "store.ca".into(),
+                    format!("{} is not a readable file", ca.display()),
+                ),
+                None if tls => bad(
+                    "store.ca".into(),
+                    "sslmode in store.url needs the CA that vouches for the server".into(),
+                ),
+                _ => {}
+            }
             if self.store.pool_size < 2 {
                 bad("store.pool_size".into(), "must be at least 2".into());
             }
@@ -867,6 +887,27 @@ command_timeout = "0s"
         ] {
             assert!(paths.contains(&want), "{want} missing from {paths:?}");
         }
+    }
+
+    #[test]
+    fn the_postgres_store_needs_a_url_and_a_ca_for_required_tls() {
+        let problems = |store: &str| -> Vec<String> {
+            match Config::from_toml(&format!("[store]\n{store}")) {
+                Ok(_) => vec![],
+                Err(ConfigError::Invalid(p)) => p.into_iter().map(|x| x.path).collect(),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(problems("backend = \"postgres\""), ["store.url"]);
+        assert_eq!(
+            problems("backend = \"postgres\"\nurl = \"postgres://m@db/x?sslmode=require\""),
+            ["store.ca"]
+        );
+        assert!(problems("backend = \"postgres\"\nurl = \"postgres://m@db/x\"").is_empty());
+        assert_eq!(
+            problems("backend = \"postgres\"\nurl = \"postgres://m@db/x\"\npool_size = 1"),
+            ["store.pool_size"]
+        );
     }
 
     #[test]

@@ -21,13 +21,13 @@ impl Backend for Pg {
         self.server.create_db(&db);
         let url = self.server.url(&db);
         *self.current.lock().unwrap() = url.clone();
-        Arc::new(Postgres::open(&url, 8, "n0").await.unwrap())
+        Arc::new(Postgres::open(&url, 8, "n0", None).await.unwrap())
     }
 
     async fn reopen(&self, s: Arc<dyn Spool>) -> Arc<dyn Spool> {
         drop(s);
         let url = self.current.lock().unwrap().clone();
-        Arc::new(Postgres::open(&url, 8, "n0").await.unwrap())
+        Arc::new(Postgres::open(&url, 8, "n0", None).await.unwrap())
     }
 }
 
@@ -46,7 +46,7 @@ async fn a_newer_schema_is_refused() {
     let server = testbed::Postgres::start();
     server.create_db("newer");
     let url = server.url("newer");
-    drop(Postgres::open(&url, 2, "n0").await.unwrap());
+    drop(Postgres::open(&url, 2, "n0", None).await.unwrap());
     let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -55,8 +55,65 @@ async fn a_newer_schema_is_refused() {
         .execute("UPDATE mmsrelay_schema SET version = version + 1", &[])
         .await
         .unwrap();
-    let Err(e) = Postgres::open(&url, 2, "n0").await else {
+    let Err(e) = Postgres::open(&url, 2, "n0", None).await else {
         panic!("a node must refuse a newer schema")
     };
     assert!(e.to_string().contains("newer than this build"), "{e}");
+}
+
+/// A CA, and a certificate it issued for 127.0.0.1 (the host of the test URLs).
+fn ca_and_server() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, &ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca_cert.pem(), server.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_database_is_verified_against_the_configured_ca() {
+    let (ca, cert, key) = ca_and_server();
+    let server = testbed::Postgres::start_tls(&cert, &key);
+    server.create_db("tls");
+    let dir = testbed::TempDir::new("pg-ca");
+    let good = dir.0.join("ca.pem");
+    std::fs::write(&good, &ca).unwrap();
+    let url = format!("{}?sslmode=require", server.url("tls"));
+    let s = Postgres::open(&url, 2, "n0", Some(&good)).await.unwrap();
+    let id = s.next_id().await.unwrap();
+    s.commit(vec![store::Op::PutIndex {
+        key: "k".into(),
+        value: vec![1],
+    }])
+    .await
+    .unwrap();
+    assert!(id > 0);
+    // The session is encrypted (asked of the server itself).
+    let (client, conn) = tokio_postgres::connect(&server.url("tls"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let encrypted: i64 = client
+        .query_one("SELECT count(*) FROM pg_stat_ssl WHERE ssl", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(encrypted >= 1, "the store's sessions use TLS");
+    drop(s);
+    // A CA that did not issue the server's certificate: refused, nothing in plaintext instead.
+    let (other_ca, _, _) = ca_and_server();
+    let bad = dir.0.join("other.pem");
+    std::fs::write(&bad, &other_ca).unwrap();
+    let Err(e) = Postgres::open(&url, 2, "n0", Some(&bad)).await else {
+        panic!("a server the CA does not vouch for must be refused")
+    };
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+    // require without a CA: refused rather than encrypting to whoever answers.
+    assert!(Postgres::open(&url, 2, "n0", None).await.is_err());
 }

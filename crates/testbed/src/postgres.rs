@@ -34,6 +34,8 @@ pub struct Postgres {
     child: Option<Child>,
     pub addr: SocketAddr,
     data: PathBuf,
+    /// Serving TLS with `server.crt`/`server.key` in the data directory.
+    tls: bool,
     pub dir: TempDir,
 }
 
@@ -46,6 +48,16 @@ impl Drop for Postgres {
 impl Postgres {
     /// A new cluster, started; waits until it answers.
     pub fn start() -> Postgres {
+        Self::start_with(None)
+    }
+
+    /// [`Postgres::start`], serving TLS (as well as plaintext) with this certificate chain and
+    /// key (PEM).
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Postgres {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Postgres {
         let dir = TempDir::new("postgres");
         let data = dir.0.join("data");
         std::fs::create_dir_all(&data).unwrap();
@@ -66,11 +78,23 @@ impl Postgres {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if let Some((cert, key)) = tls {
+            for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+                let p = data.join(name);
+                std::fs::write(&p, pem).unwrap();
+                let _ = Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(&p)
+                    .status();
+                let _ = Command::new("chmod").arg("600").arg(&p).status();
+            }
+        }
         let port = free_port("127.0.0.1");
         let mut pg = Postgres {
             child: None,
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
             data,
+            tls: tls.is_some(),
             dir,
         };
         pg.resume();
@@ -85,7 +109,11 @@ impl Postgres {
     /// Starts the server again (after [`Postgres::stop`]) on the same port and data.
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let child = as_postgres(bin_dir().join("postgres"))
+        let mut cmd = as_postgres(bin_dir().join("postgres"));
+        if self.tls {
+            cmd.args(["-c", "ssl=on"]);
+        }
+        let child = cmd
             .arg("-D")
             .arg(&self.data)
             .args(["-p", &self.addr.port().to_string()])

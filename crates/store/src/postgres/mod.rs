@@ -9,6 +9,7 @@
 
 mod apply;
 pub mod schema;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,25 +34,60 @@ pub struct Postgres {
     up: Arc<std::sync::atomic::AtomicBool>,
 }
 
-fn db(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Db(e.to_string())
+fn db(e: impl std::error::Error) -> StoreError {
+    StoreError::Db(chain(&e))
+}
+
+/// An error with its causes (a TLS handshake failure says which certificate problem it was).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = c.source();
+    }
+    s
 }
 
 impl Postgres {
     /// Connects (`url`: a libpq URL), creates or migrates the schema, starts the writer.
-    /// `node` names this node in the per-node counters.
-    pub async fn open(url: &str, pool_size: usize, node: &str) -> Result<Self, StoreError> {
+    /// `node` names this node in the per-node counters. With `ca` (a PEM file), TLS is used
+    /// and the server must present a certificate it vouches for (`sslmode=require`: always;
+    /// the default `prefer`: when the server offers TLS); `sslmode=require` without `ca` is
+    /// refused rather than encrypting to whoever answers.
+    pub async fn open(
+        url: &str,
+        pool_size: usize,
+        node: &str,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Self, StoreError> {
         let pg: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Open {
             path: url.into(),
             reason: format!("not a PostgreSQL URL: {e}"),
         })?;
-        let manager = deadpool_postgres::Manager::from_config(
-            pg,
-            NoTls,
-            deadpool_postgres::ManagerConfig {
-                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-            },
-        );
+        let config = deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        };
+        use tokio_postgres::config::SslMode;
+        let manager = match (pg.get_ssl_mode(), ca) {
+            (SslMode::Disable, _) | (SslMode::Prefer, None) => {
+                deadpool_postgres::Manager::from_config(pg, NoTls, config)
+            }
+            (_, Some(ca)) => {
+                deadpool_postgres::Manager::from_config(pg, tls::connector(ca)?, config)
+            }
+            (_, None) => {
+                return Err(StoreError::Open {
+                    path: url.into(),
+                    reason: "TLS (sslmode) needs the CA that vouches for the server (store.ca)"
+                        .into(),
+                })
+            }
+        };
         let pool = Pool::builder(manager)
             .max_size(pool_size.max(2))
             .runtime(Runtime::Tokio1)
@@ -65,7 +101,7 @@ impl Postgres {
         {
             let mut client = pool.get().await.map_err(|e| StoreError::Open {
                 path: url.into(),
-                reason: e.to_string(),
+                reason: chain(&e),
             })?;
             schema::migrate(&mut client).await?;
         }
