@@ -56,6 +56,18 @@ pub fn our_capabilities() -> mm4::Capabilities {
     }
 }
 
+/// The RES owed for a REQ: its type and ids, the status and text, and where it goes (the REQ's
+/// originator system).
+#[derive(Debug, Clone, Copy)]
+pub struct Answer<'a> {
+    pub req: MessageType,
+    pub tid: &'a str,
+    pub mm_id: Option<&'a str>,
+    pub status: RequestStatus,
+    pub text: &'a str,
+    pub reply_to: &'a str,
+}
+
 /// Builds and queues what we originate.
 pub struct Originator {
     pub store: Arc<dyn Spool>,
@@ -71,16 +83,16 @@ impl Originator {
         now.replace_nanosecond(0).unwrap_or(now)
     }
 
-    /// A `.RES` answering a REQ of type `req` with `tid` (`None` for a type without one).
-    pub fn res(
-        &self,
-        req: MessageType,
-        tid: &str,
-        mm_id: Option<&str>,
-        status: RequestStatus,
-        text: &str,
-        reply_to: &str,
-    ) -> Option<Pdu<'static>> {
+    /// The `.RES` of `answer` (`None` for a REQ type without one).
+    pub fn res(&self, answer: &Answer<'_>) -> Option<Pdu<'static>> {
+        let Answer {
+            req,
+            tid,
+            mm_id,
+            status,
+            text,
+            reply_to,
+        } = *answer;
         let res_type = req.response()?;
         let resp = Response {
             message_id: if res_type == MessageType::ReadReplyRes {

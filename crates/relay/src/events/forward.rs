@@ -8,6 +8,7 @@ use store::{MsgId, Op};
 use super::{Effects, EventError, Events};
 use crate::cdr::RecordType;
 use crate::keys::{self, IndexKey};
+use crate::originate::Answer;
 use crate::records::{Next, RcptState, StoredMessage};
 
 impl Events {
@@ -66,12 +67,14 @@ impl Events {
         };
         self.queue_res(
             fx,
-            MessageType::ForwardReq,
-            &pdu.transaction_id,
-            Some(mm_id),
-            RequestStatus::Ok,
-            text,
-            &reply_to,
+            Answer {
+                req: MessageType::ForwardReq,
+                tid: &pdu.transaction_id,
+                mm_id: Some(mm_id),
+                status: RequestStatus::Ok,
+                text,
+                reply_to: &reply_to,
+            },
         )
         .await
     }

@@ -28,7 +28,7 @@ use crate::cdr::{now_rfc3339, Cdr, CdrWriter, RecordType};
 use crate::clock::Clock;
 use crate::directory::Directory;
 use crate::keys::IndexKey;
-use crate::originate::{OriginateError, Originator};
+use crate::originate::{Answer, OriginateError, Originator};
 use crate::records::{from_bytes, Event, Next, RecipientState, StoredMessage};
 
 pub use crate::originate::{new_tid, our_capabilities};
@@ -243,12 +243,14 @@ impl Events {
                     let status = status.parse().unwrap_or(RequestStatus::ErrorUnspecified);
                     self.queue_res(
                         &mut fx,
-                        mt,
-                        &transaction_id,
-                        None,
-                        status,
-                        &reason,
-                        &reply_to,
+                        Answer {
+                            req: mt,
+                            tid: &transaction_id,
+                            mm_id: None,
+                            status,
+                            text: &reason,
+                            reply_to: &reply_to,
+                        },
                     )
                     .await?
                 }
@@ -264,21 +266,12 @@ impl Events {
         Ok(fx)
     }
 
-    /// Queues a `.RES` answering a REQ of type `req` to `reply_to` (the REQ's originator system).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn queue_res(
-        &self,
-        fx: &mut Effects,
-        req: MessageType,
-        tid: &str,
-        mm_id: Option<&str>,
-        status: RequestStatus,
-        text: &str,
-        reply_to: &str,
-    ) -> Result<(), EventError> {
-        let Some(pdu) = self.originator.res(req, tid, mm_id, status, text, reply_to) else {
+    /// Queues the `.RES` of `answer`.
+    pub async fn queue_res(&self, fx: &mut Effects, answer: Answer<'_>) -> Result<(), EventError> {
+        let Some(pdu) = self.originator.res(&answer) else {
             return Ok(());
         };
+        let reply_to = answer.reply_to;
         match self.originator.queue(&pdu, reply_to, None, None).await {
             Ok((_, ops)) => fx.ops.extend(ops),
             // Nobody to send it to: configuration, not a passing failure.

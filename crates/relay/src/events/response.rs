@@ -6,6 +6,7 @@ use store::{Op, StoreError};
 use super::{Effects, EventError, Events};
 use crate::cdr::RecordType;
 use crate::keys::CapabilityKey;
+use crate::originate::Answer;
 use crate::records::{Next, RcptState, StoredMessage};
 
 impl Events {
@@ -107,14 +108,17 @@ impl Events {
             Kind::CapabilityReq(_) => {
                 // Answer with what we can do (EXTENSIONS §2).
                 if let Some(a) = pdu.response_address() {
+                    let to = a.to_string();
                     self.queue_res(
                         fx,
-                        MessageType::CapabilityReq,
-                        &pdu.transaction_id,
-                        None,
-                        RequestStatus::Ok,
-                        "capabilities",
-                        &a.to_string(),
+                        Answer {
+                            req: MessageType::CapabilityReq,
+                            tid: &pdu.transaction_id,
+                            mm_id: None,
+                            status: RequestStatus::Ok,
+                            text: "capabilities",
+                            reply_to: &to,
+                        },
                     )
                     .await?;
                 }
@@ -233,12 +237,14 @@ impl Events {
         };
         self.queue_res(
             fx,
-            req,
-            &pdu.transaction_id,
-            pdu.mm_message_id(),
-            status,
-            text,
-            &to,
+            Answer {
+                req,
+                tid: &pdu.transaction_id,
+                mm_id: pdu.mm_message_id(),
+                status,
+                text,
+                reply_to: &to,
+            },
         )
         .await
     }
