@@ -35,7 +35,7 @@ fn node_with(name: &str, url: &str, peer: SocketAddr, max_connections: usize) ->
         "hosts = [\"{peer}\"]\ntls = \"none\"\nmax_connections = {max_connections}\n\n\
 [[peer]]\nname = \"operator-c\"\ndomains = [\"mms.mnc001.mcc208.gprs\"]\nprefixes = [\"+336\"]\n\
 allow = [\"127.0.0.3/32\"]\ntransit = true\ntls = \"none\"\n\n\
-[queue]\nack_timeout = \"10m\"\nretry_initial = \"1s\"\nretry_max = \"2s\"\n\n\
+[queue]\nack_timeout = \"10m\"\nretry_initial = \"1s\"\nretry_max = \"2s\"\npool_idle = \"1s\"\n\n\
 [cluster]\nnode = \"{name}\"\nlease = \"3s\"\n"
     );
     let mut cfg = config(&dir.0, smtp, "max_connections_per_source = 1000", &extra);

@@ -39,13 +39,23 @@ impl Drop for TempDir {
     }
 }
 
-/// A TCP port on `ip` that was free a moment ago.
+/// A TCP port on `ip` that was free a moment ago, and never handed out before in this process:
+/// tests start servers in parallel, and two of them must not be given the same port between
+/// this pick and their own bind.
 pub fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind(format!("{ip}:0"))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind(format!("{ip}:0"))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Waits until something accepts TCP connections on `addr`.

@@ -84,6 +84,25 @@ impl Pool {
         Some(list.swap_remove(i).held)
     }
 
+    /// The connections idle longer than the limit, taken out to be closed: an idle connection
+    /// holds one of its peer's slots, which another node may be waiting for.
+    pub fn expired(&self, now: i64) -> Vec<Held> {
+        let limit = self.max_idle.as_millis() as i64;
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for list in idle.values_mut() {
+            let mut i = 0;
+            while i < list.len() {
+                if now - list[i].since > limit {
+                    out.push(list.swap_remove(i).held);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        out
+    }
+
     /// Every idle connection (to close them at shutdown).
     pub fn drain(&self) -> Vec<Held> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());

@@ -52,6 +52,9 @@ impl Outbound {
                     tracing::error!(error = %e, "scheduler: claims not renewed");
                 }
             }
+            for h in self.pool.expired(now) {
+                self.close(h).await;
+            }
             let next = match self.dispatch(&mut tasks).await {
                 Ok(n) => n,
                 Err(e) => {
