@@ -88,10 +88,6 @@ impl<K: Eq + Hash + Clone> Claims<K> {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.held.len()
-    }
-
     /// How many claims `owner` holds.
     pub fn held_by(&self, owner: &str) -> usize {
         self.held.values().filter(|l| &*l.owner == owner).count()

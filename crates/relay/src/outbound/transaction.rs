@@ -63,7 +63,9 @@ impl Outbound {
         let peer = &self.router.dir.peers[peer_idx];
         let peer_name = Some(peer.cfg.name.clone());
         let with_peer = |a: Attempt| vec![(a, peer_name.clone(), false); n];
-        let rendered = match self.prepare(g, meta, peer).await {
+        // The transaction id of this recipient MMSE's REQ (the message's own for transit).
+        let tid = g.members[0].st.tid.clone().or(meta.transaction_id.clone());
+        let rendered = match self.prepare(g, meta, peer, tid.as_deref()).await {
             Ok(r) => r,
             Err(a) => return with_peer(a),
         };
@@ -80,7 +82,6 @@ impl Outbound {
         // originator, not to us). Only the originator may take the RES in the reply: a transit
         // hop asking for it would swallow the RES that belongs to the originator R/S.
         let waits_ack = is_forward && rendered.ack && meta.originated;
-        let tid = g.members[0].st.tid.clone().or(meta.transaction_id.clone());
         let env = OutEnvelope {
             mail_from,
             envid: tid,
@@ -154,6 +155,7 @@ impl Outbound {
         g: &Group,
         meta: &StoredMessage,
         peer: &Peer,
+        tid: Option<&str>,
     ) -> Result<Rendered, Attempt> {
         let body = match self.store.body(g.id).await {
             Ok(Some(b)) => b,
@@ -175,13 +177,10 @@ impl Outbound {
             .map_err(|e| Attempt::Retry {
                 evidence: e.to_string(),
             })?;
-        let tid = g.members[0].st.tid.clone().or(meta.transaction_id.clone());
         let rendered =
-            render(&body, meta, peer, tid.as_deref(), profile.version.0).map_err(|e| {
-                Attempt::Fail {
-                    status: RequestStatus::ErrorMessageFormatCorrupt,
-                    evidence: e,
-                }
+            render(&body, meta, peer, tid, profile.version.0).map_err(|e| Attempt::Fail {
+                status: RequestStatus::ErrorMessageFormatCorrupt,
+                evidence: e,
             })?;
         // The bilateral size limit: refused before anything is sent.
         if let Some(limit) = peer.cfg.max_message_size {
