@@ -199,15 +199,28 @@ pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(
         max_connections: cfg.smtp.max_connections,
         max_per_source: cfg.smtp.max_connections_per_source,
     };
+    // Every socket is bound before any is served: a relay that cannot take its API port must
+    // exit before it has accepted a message, not after.
+    let mut smtp_listeners = Vec::with_capacity(cfg.smtp.listen.len());
+    for addr in &cfg.smtp.listen {
+        smtp_listeners.push(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| ServeError::Bind {
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                })?,
+        );
+    }
+    let api_listener = TcpListener::bind(cfg.api.listen)
+        .await
+        .map_err(|e| ServeError::Bind {
+            addr: format!("api.listen {}", cfg.api.listen),
+            reason: e.to_string(),
+        })?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut listeners = tokio::task::JoinSet::new();
-    for addr in &cfg.smtp.listen {
-        let l = TcpListener::bind(addr)
-            .await
-            .map_err(|e| ServeError::Bind {
-                addr: addr.to_string(),
-                reason: e.to_string(),
-            })?;
+    for l in smtp_listeners {
         tracing::info!(addr = %l.local_addr()?, "SMTP listening");
         listeners.spawn(smtp::driver::serve(
             l,
@@ -219,12 +232,6 @@ pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(
             stop_rx.clone(),
         ));
     }
-    let api_listener = TcpListener::bind(cfg.api.listen)
-        .await
-        .map_err(|e| ServeError::Bind {
-            addr: format!("api.listen {}", cfg.api.listen),
-            reason: e.to_string(),
-        })?;
     tracing::info!(addr = %api_listener.local_addr()?, "API listening");
     let mut api_stop = stop_rx.clone();
     let api_routes = relay::api::routes(api.clone());

@@ -414,6 +414,45 @@ fn serve_refuses_an_invalid_config_with_exit_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown"));
 }
 
+#[test]
+fn a_relay_that_cannot_take_its_api_port_exits_before_accepting_mail() {
+    // Defect: SMTP was served before the API port was bound, so a relay whose API port was
+    // taken accepted connections (and could have acknowledged mail) for a moment, then exited.
+    let dir = TempDir::new("apitaken");
+    let smtp: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
+        .parse()
+        .unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api = taken.local_addr().unwrap().port();
+    let cfg = config(&dir.0, smtp, "", "");
+    let cfg = with_api_port(&cfg, api);
+    let path = dir.0.join("c.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mmsrelay"))
+        .args(["serve", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("api.listen"), "{stderr}");
+    assert!(!stderr.contains("SMTP listening"), "{stderr}");
+}
+
+/// `config` with its API port replaced by `port`.
+fn with_api_port(cfg: &str, port: u16) -> String {
+    cfg.lines()
+        .map(|l| {
+            if l.starts_with("listen = \"127.0.0.1:") && !l.contains('[') {
+                format!("listen = \"127.0.0.1:{port}\"")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Unmounts on drop, so a failing test leaves no mount behind.
 struct Mount(std::path::PathBuf);
 

@@ -690,11 +690,7 @@ async fn recipients_unrouted_at_submission_go_each_to_its_own_mmse_with_its_own_
     // Defect: recipients whose routing failed at submission (DNS down) were grouped together,
     // routed by the first one's address — both went to the first one's operator — and shared
     // one transaction id, so one peer's RES could settle the other's recipient.
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = testbed::free_port("127.0.0.1");
     let pb = peer("127.0.0.1", Behaviour::Accept).await;
     let pc = peer("127.0.0.1", Behaviour::Accept).await;
     let e = engine_with(

@@ -7,7 +7,7 @@ pub mod postgres;
 
 pub use postgres::Postgres;
 
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -39,23 +39,38 @@ impl Drop for TempDir {
     }
 }
 
-/// A TCP port on `ip` that was free a moment ago, and never handed out before in this process:
-/// tests start servers in parallel, and two of them must not be given the same port between
-/// this pick and their own bind.
+/// A port on `ip`, free for TCP and UDP a moment ago, and never handed out before in this
+/// process: tests start servers in parallel, and two of them must not be given the same port
+/// between this pick and their own bind. Ports come from below the kernel's ephemeral range, so
+/// an outgoing connection made meanwhile (which takes an ephemeral port) cannot take it either.
 pub fn free_port(ip: &str) -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let port = std::net::TcpListener::bind(format!("{ip}:0"))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
+    static NEXT: std::sync::Mutex<Option<u16>> = std::sync::Mutex::new(None);
+    let (low, high) = fixed_port_range();
+    let span = high - low;
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    // Each process starts at its own offset so that concurrent test processes rarely meet.
+    let mut port = next.unwrap_or(low + (std::process::id() as u16).wrapping_mul(97) % span);
+    for _ in 0..span {
+        let candidate = port;
+        port = if port + 1 >= high { low } else { port + 1 };
+        let tcp = std::net::TcpListener::bind((ip, candidate)).is_ok();
+        let udp = std::net::UdpSocket::bind((ip, candidate)).is_ok();
+        if tcp && udp {
+            *next = Some(port);
+            return candidate;
         }
     }
+    panic!("no free port on {ip} in {low}..{high}");
+}
+
+/// Ports the kernel never picks for an outgoing connection: from 10000 up to the start of
+/// `ip_local_port_range`.
+fn fixed_port_range() -> (u16, u16) {
+    let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    (10000, first_ephemeral.max(12000))
 }
 
 /// Waits until something accepts TCP connections on `addr`.
@@ -84,12 +99,7 @@ impl Drop for Nsd {
 impl Nsd {
     /// Starts NSD with `zones` as `(zone name, zone file text)`; waits until it answers.
     pub fn start(zones: &[(&str, &str)]) -> Nsd {
-        let port = UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(port, zones)
+        Self::start_on(free_port("127.0.0.1"), zones)
     }
 
     /// [`Nsd::start`] on a chosen UDP port of 127.0.0.1 (a server that comes up where a
