@@ -13,6 +13,9 @@ use store::{Embedded, Postgres, Spool};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// Charging records written to the files per batch (one fsync, one store commit).
+const CDR_BATCH: usize = 500;
+
 /// Why the relay could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -96,7 +99,15 @@ pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(
         .domain
         .parse()
         .map_err(|_| ServeError::Dns("mmse.domain".into()))?;
-    let cdr = Arc::new(relay::cdr::CdrWriter::new(&cfg.store.path));
+    let exporter = Arc::new(relay::cdr::Exporter::new(
+        spool.clone(),
+        &cfg.store.path,
+        cfg.cluster.node.clone(),
+        cfg.cluster.lease.0,
+        CDR_BATCH,
+        clock.clone(),
+    ));
+    let cdr = exporter.charging();
     let outbound = relay::outbound::Outbound::with_cdr(
         spool.clone(),
         router.clone(),
@@ -244,6 +255,9 @@ pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(
     });
     let scheduler = tokio::spawn(outbound.clone().run(stop_rx.clone()));
     let event_task = tokio::spawn(events.clone().run(stop_rx.clone()));
+    // The exporter stops last (its own signal): the records of the last events go out too.
+    let (cdr_stop, cdr_stop_rx) = watch::channel(false);
+    let cdr_task = tokio::spawn(exporter.clone().run(cdr_stop_rx));
     api.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(domain = %cfg.mmse.domain, store = %cfg.store.path.display(), "mmsrelay running");
 
@@ -257,6 +271,8 @@ pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(
     }
     let _ = scheduler.await;
     let _ = event_task.await;
+    let _ = cdr_stop.send(true);
+    let _ = cdr_task.await;
     drop(events);
     let _ = api_task.await;
     drop(api);

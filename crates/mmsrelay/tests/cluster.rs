@@ -100,6 +100,20 @@ fn drained(api: &str, limit: Duration) {
     }
 }
 
+/// Every charging record in the files of every node.
+fn charging_records(nodes: &[Arc<Mutex<Node>>]) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for n in nodes {
+        let dir = n.lock().unwrap().relay.store_path().join("cdr");
+        for f in std::fs::read_dir(dir).into_iter().flatten() {
+            for line in std::fs::read_to_string(f.unwrap().path()).unwrap().lines() {
+                out.push(serde_json::from_str(line).expect("whole JSON lines"));
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn three_nodes_share_the_work_and_survive_kills() {
     let pg = testbed::Postgres::start();
@@ -206,6 +220,39 @@ fn three_nodes_share_the_work_and_survive_kills() {
         let (_, v) = http("GET", other, &format!("/v1/messages/{id}"), None);
         assert_eq!(v["recipients"][0]["state"], "acknowledged", "{v:#}");
     }
+    // Charging: every MM submitted is charged as sent exactly once cluster-wide, whichever
+    // node sent it and however often it went on the wire; no record is in the files twice.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let records = loop {
+        let records = charging_records(&nodes);
+        let sent = records
+            .iter()
+            .filter(|r| r["record_type"] == "MMO4FRq")
+            .count();
+        if sent >= accepted_api.len() || Instant::now() > deadline {
+            break records;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut ids: Vec<&str> = records
+        .iter()
+        .map(|r| r["record_id"].as_str().expect("a record id"))
+        .collect();
+    ids.sort_unstable();
+    let n = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "a record written twice");
+    let mut sent_to: Vec<String> = records
+        .iter()
+        .filter(|r| r["record_type"] == "MMO4FRq")
+        .map(|r| r["recipients"].to_string())
+        .collect();
+    let sent = sent_to.len();
+    sent_to.sort();
+    sent_to.dedup();
+    eprintln!("cluster: {n} charging records, {sent} MMO4FRq");
+    assert_eq!(sent, accepted_api.len(), "one MMO4FRq per MM submitted");
+    assert_eq!(sent_to.len(), sent, "no MM charged twice");
     // Every node sees the cluster.
     let (_, c) = http("GET", &apis[0], "/v1/cluster", None);
     let names: Vec<&str> = c["nodes"]

@@ -1,5 +1,6 @@
 //! The event processor when the store fails under it: work is retried, never dropped, and a
-//! charging record is written once — after the commit that makes its event final.
+//! charging record is written once — committed with the event that makes it final, written to
+//! the files by the exporter, never lost or written twice by a crash in between.
 //!
 //! The store is the real embedded one behind a wrapper that makes chosen reads or commits fail
 //! (a full disk, an I/O error), the clock a manual one.
@@ -8,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use relay::cdr::CdrWriter;
+use relay::cdr::Exporter;
 use relay::clock::{Clock, ManualClock, SystemClock};
 use relay::config::Config;
 use relay::directory::Directory;
@@ -18,12 +19,29 @@ use relay::records::{to_bytes, Event, MessageKind, RcptKind, StoredMessage, Stor
 use store::*;
 use testbed::TempDir;
 
-/// The real store; the next `fail_reads` message reads and `fail_commits` all-or-nothing
-/// commits fail as a broken disk would make them fail.
+/// The real store; the next `fail_reads` message reads, `fail_commits` all-or-nothing commits
+/// and `fail_cdr_deletes` commits that finish charging records fail as a broken disk (or a
+/// crash at that moment) would make them fail.
 struct Flaky {
     inner: Arc<Embedded>,
     fail_reads: AtomicUsize,
     fail_commits: AtomicUsize,
+    fail_cdr_deletes: AtomicUsize,
+}
+
+impl Flaky {
+    fn over(inner: Embedded) -> Flaky {
+        Flaky {
+            inner: Arc::new(inner),
+            fail_reads: AtomicUsize::new(0),
+            fail_commits: AtomicUsize::new(0),
+            fail_cdr_deletes: AtomicUsize::new(0),
+        }
+    }
+
+    fn inner(&self) -> &Embedded {
+        &self.inner
+    }
 }
 
 fn take(n: &AtomicUsize) -> bool {
@@ -34,53 +52,65 @@ fn take(n: &AtomicUsize) -> bool {
 #[async_trait::async_trait]
 impl Spool for Flaky {
     async fn next_id(&self) -> Result<MsgId, StoreError> {
-        self.inner.next_id().await
+        self.inner().next_id().await
     }
     fn commit(&self, ops: Vec<Op>) -> CommitHandle {
-        self.inner.commit(ops)
+        if ops.iter().any(|o| matches!(o, Op::DeleteCdrs { .. })) && take(&self.fail_cdr_deletes) {
+            return CommitHandle::failed(StoreError::Db("injected: I/O error".into()));
+        }
+        self.inner().commit(ops)
     }
     fn commit_all(&self, ops: Vec<Op>) -> CommitHandle {
         if take(&self.fail_commits) {
             return CommitHandle::failed(StoreError::Db("injected: I/O error".into()));
         }
-        self.inner.commit_all(ops)
+        self.inner().commit_all(ops)
     }
     async fn message(&self, id: MsgId) -> Result<Option<Vec<u8>>, StoreError> {
         if take(&self.fail_reads) {
             return Err(StoreError::Db("injected: I/O error".into()));
         }
-        self.inner.message(id).await
+        self.inner().message(id).await
     }
     async fn body(&self, id: MsgId) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.body(id).await
+        self.inner().body(id).await
     }
     async fn recipients(&self, id: MsgId) -> Result<Vec<RecipientRow>, StoreError> {
-        self.inner.recipients(id).await
+        self.inner().recipients(id).await
     }
     async fn mailbox(&self, address: &str) -> Result<Vec<MsgId>, StoreError> {
-        self.inner.mailbox(address).await
+        self.inner().mailbox(address).await
     }
     async fn dedupe(&self, key: &str) -> Result<Option<MsgId>, StoreError> {
-        self.inner.dedupe(key).await
+        self.inner().dedupe(key).await
     }
     async fn capability(&self, peer: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.capability(peer).await
+        self.inner().capability(peer).await
     }
     async fn index(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.index(key).await
+        self.inner().index(key).await
     }
     async fn claim_due(
         &self,
         queue: &str,
         req: &ClaimRequest<'_>,
     ) -> Result<Vec<Claimed>, StoreError> {
-        self.inner.claim_due(queue, req).await
+        self.inner().claim_due(queue, req).await
     }
     async fn claim_events(&self, req: &ClaimRequest<'_>) -> Result<Vec<ClaimedEvent>, StoreError> {
-        self.inner.claim_events(req).await
+        self.inner().claim_events(req).await
     }
     async fn renew(&self, owner: &str, now: u64, lease: Duration) -> Result<(), StoreError> {
-        self.inner.renew(owner, now, lease).await
+        self.inner().renew(owner, now, lease).await
+    }
+    async fn claim_cdrs(
+        &self,
+        exporter: &str,
+        now: u64,
+        stale: Duration,
+        limit: usize,
+    ) -> Result<Vec<CdrRow>, StoreError> {
+        self.inner().claim_cdrs(exporter, now, stale, limit).await
     }
     async fn claim_job(
         &self,
@@ -89,7 +119,7 @@ impl Spool for Flaky {
         now: u64,
         lease: Duration,
     ) -> Result<Option<Token>, StoreError> {
-        self.inner.claim_job(name, owner, now, lease).await
+        self.inner().claim_job(name, owner, now, lease).await
     }
     async fn claim_slot(
         &self,
@@ -99,33 +129,41 @@ impl Spool for Flaky {
         now: u64,
         lease: Duration,
     ) -> Result<Option<Slot>, StoreError> {
-        self.inner.claim_slot(peer, limit, owner, now, lease).await
+        self.inner()
+            .claim_slot(peer, limit, owner, now, lease)
+            .await
     }
     async fn release_slot(&self, slot: &Slot) -> Result<(), StoreError> {
-        self.inner.release_slot(slot).await
+        self.inner().release_slot(slot).await
     }
     async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
-        self.inner.nodes().await
+        self.inner().nodes().await
     }
     async fn queues(&self) -> Result<Vec<QueueSummary>, StoreError> {
-        self.inner.queues().await
+        self.inner().queues().await
     }
     async fn oldest(&self, queue: &str, limit: usize) -> Result<Vec<Due>, StoreError> {
-        self.inner.oldest(queue, limit).await
+        self.inner().oldest(queue, limit).await
     }
     fn health(&self) -> &dyn Health {
-        self.inner.health()
+        self.inner().health()
     }
 }
 
 const LEASE: Duration = Duration::from_secs(30);
 
 struct Setup {
-    _dir: TempDir,
+    dir: TempDir,
     cdr_dir: std::path::PathBuf,
     store: Arc<Flaky>,
     events: Events,
+    exporter: Exporter,
     clock: Arc<ManualClock>,
+}
+
+/// The charging-record exporter of node `n1` writing to `<dir>/cdr`.
+fn exporter(dir: &TempDir, store: Arc<dyn Spool>, clock: Arc<ManualClock>) -> Exporter {
+    Exporter::new(store, &dir.0, "n1", LEASE, 100, clock)
 }
 
 fn setup() -> Setup {
@@ -142,19 +180,16 @@ prefixes = ["+49172"]
 "#,
     )
     .unwrap();
-    let store = Arc::new(Flaky {
-        inner: Arc::new(Embedded::open(&dir.0.join("data")).unwrap()),
-        fail_reads: AtomicUsize::new(0),
-        fail_commits: AtomicUsize::new(0),
-    });
+    let store = Arc::new(Flaky::over(Embedded::open(&dir.0.join("data")).unwrap()));
     let spool: Arc<dyn Spool> = store.clone();
     let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
     let directory = Arc::new(Directory::new(&cfg));
+    let exporter = exporter(&dir, spool.clone(), clock.clone());
     let events = Events {
         store: spool.clone(),
         dir: directory.clone(),
         clock: clock.clone(),
-        cdr: Some(Arc::new(CdrWriter::new(&dir.0))),
+        cdr: Some(exporter.charging()),
         wake: Arc::default(),
         outbound_wake: Arc::default(),
         originator: Originator {
@@ -170,9 +205,10 @@ prefixes = ["+49172"]
     };
     Setup {
         cdr_dir: dir.0.join("cdr"),
-        _dir: dir,
+        dir,
         store,
         events,
+        exporter,
         clock,
     }
 }
@@ -270,19 +306,27 @@ async fn res_queued(s: &Setup) -> u64 {
         .sum()
 }
 
-fn cdr_lines(s: &Setup, kind: &str) -> usize {
-    let Ok(dir) = std::fs::read_dir(&s.cdr_dir) else {
-        return 0;
+/// The exporter writes what is committed; then the lines of `kind` in the files.
+async fn cdr_lines(s: &Setup, kind: &str) -> usize {
+    while s.exporter.export_once().await.unwrap() > 0 {}
+    lines_in(&s.cdr_dir, kind).len()
+}
+
+/// The charging-record lines of `kind` in the files of `dir`.
+fn lines_in(dir: &std::path::Path, kind: &str) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(dir) else {
+        return Vec::new();
     };
     dir.flatten()
-        .map(|f| {
+        .flat_map(|f| {
             std::fs::read_to_string(f.path())
                 .unwrap()
                 .lines()
                 .filter(|l| l.contains(kind))
-                .count()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
         })
-        .sum()
+        .collect()
 }
 
 #[tokio::test]
@@ -301,7 +345,7 @@ async fn a_read_error_leaves_the_event_to_be_handled_again() {
     assert_eq!(res_queued(&s).await, 1, "the RES is queued");
     s.clock.advance(LEASE);
     assert_eq!(pass(&s).await, 0, "and the event is gone");
-    assert_eq!(cdr_lines(&s, "MMR4F"), 1);
+    assert_eq!(cdr_lines(&s, "MMR4F").await, 1);
 }
 
 #[tokio::test]
@@ -312,10 +356,248 @@ async fn a_failed_commit_writes_no_charging_record_and_the_retry_writes_one() {
     forward_received(&s).await;
     s.store.fail_commits.store(1, Ordering::SeqCst);
     assert_eq!(pass(&s).await, 1);
-    assert_eq!(cdr_lines(&s, "MMR4F"), 0, "not final, not charged");
+    assert_eq!(cdr_lines(&s, "MMR4F").await, 0, "not final, not charged");
     assert_eq!(res_queued(&s).await, 0);
     s.clock.advance(LEASE);
     assert_eq!(pass(&s).await, 1, "handled again after the claim lapsed");
     assert_eq!(res_queued(&s).await, 1);
-    assert_eq!(cdr_lines(&s, "MMR4F"), 1, "charged exactly once");
+    assert_eq!(cdr_lines(&s, "MMR4F").await, 1, "charged exactly once");
+}
+
+/// Simulates a crash: everything of `s` but its directory is dropped (the store closed), then
+/// the store is opened again with a fresh exporter, as a restarted relay would.
+fn crash_and_restart(s: Setup) -> (TempDir, Arc<Flaky>, Exporter) {
+    let Setup {
+        dir,
+        clock,
+        store,
+        events,
+        exporter: old,
+        ..
+    } = s;
+    drop((events, old));
+    let inner = Arc::try_unwrap(store)
+        .ok()
+        .expect("nothing else holds the store");
+    drop(inner);
+    let store = Arc::new(Flaky::over(Embedded::open(&dir.0.join("data")).unwrap()));
+    let exporter = exporter(&dir, store.clone(), clock);
+    (dir, store, exporter)
+}
+
+/// The record ids of the lines of `kind`.
+fn record_ids(dir: &TempDir, kind: &str) -> Vec<String> {
+    lines_in(&dir.0.join("cdr"), kind)
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("whole JSON lines");
+            v["record_id"].as_str().expect("a record id").to_string()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_charging_record_committed_with_its_event_survives_a_crash_before_it_is_written() {
+    // Defect: the record was written to the file after the event's commit, by the same task: a
+    // crash between the two lost it for good.
+    let s = setup();
+    forward_received(&s).await;
+    assert_eq!(pass(&s).await, 1);
+    assert!(lines_in(&s.cdr_dir, "MMR4F").is_empty(), "not exported yet");
+    let (dir, _store, exporter) = crash_and_restart(s);
+    assert_eq!(exporter.export_once().await.unwrap(), 1);
+    assert_eq!(record_ids(&dir, "MMR4F").len(), 1);
+    assert_eq!(
+        exporter.export_once().await.unwrap(),
+        0,
+        "and it left the store"
+    );
+}
+
+#[tokio::test]
+async fn a_crash_after_the_file_write_does_not_write_the_record_twice() {
+    let s = setup();
+    forward_received(&s).await;
+    assert_eq!(pass(&s).await, 1);
+    // Written and fsynced, then the commit that removes it from the store fails.
+    s.store.fail_cdr_deletes.store(1, Ordering::SeqCst);
+    assert!(s.exporter.export_once().await.is_err());
+    let first = record_ids(&s.dir, "MMR4F");
+    assert_eq!(first.len(), 1);
+    // The same process tries again: the record is found at the end of the file.
+    s.store.fail_cdr_deletes.store(1, Ordering::SeqCst);
+    assert!(s.exporter.export_once().await.is_err());
+    assert_eq!(record_ids(&s.dir, "MMR4F"), first);
+    // And after a restart.
+    let (dir, _store, exporter) = crash_and_restart(s);
+    assert_eq!(exporter.export_once().await.unwrap(), 1);
+    assert_eq!(record_ids(&dir, "MMR4F"), first, "written once");
+    assert_eq!(exporter.export_once().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_line_torn_by_a_crash_is_cut_and_its_record_written_whole() {
+    use std::io::Write;
+    let s = setup();
+    forward_received(&s).await;
+    assert_eq!(pass(&s).await, 1);
+    // An earlier record, whole, and the crash in the middle of the next line.
+    let day = &relay::cdr::now_rfc3339(s.clock.now_ms())[..10];
+    std::fs::create_dir_all(&s.cdr_dir).unwrap();
+    let path = s.cdr_dir.join(format!("{day}.jsonl"));
+    let whole = "{\"record_id\":\"1\",\"record_type\":\"MMO4FRq\"}\n";
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(whole.as_bytes()).unwrap();
+    f.write_all(b"{\"record_id\":\"99\",\"record_type\":\"MMR4")
+        .unwrap();
+    drop(f);
+    let (dir, _store, exporter) = crash_and_restart(s);
+    assert_eq!(exporter.export_once().await.unwrap(), 1);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with(whole), "{text}");
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert_eq!(record_ids(&dir, "MMR4F").len(), 1, "{text}");
+}
+
+/// An MM we originated for B's subscriber, carried by REQ `T-9`: its REQ is on the wire, and
+/// its sender has not recorded that yet (it died, or its commit is still coming). The id and
+/// the recipient's version as the sender claimed it.
+async fn sent_but_not_recorded(s: &Setup) -> (MsgId, u64) {
+    use relay::records::{RcptState, RecipientState};
+    let id = s.store.next_id().await.unwrap();
+    let to = "+491721111111/TYPE=PLMN@mms.mnc002.mcc262.gprs";
+    let meta = StoredMessage {
+        received_at: s.clock.now_ms(),
+        source: "api".into(),
+        peer: None,
+        helo: String::new(),
+        mail_from: "+15550000001/TYPE=PLMN@mms.mnc001.mcc001.gprs".into(),
+        rcpts: vec![StoredRcpt {
+            address: to.into(),
+            kind: RcptKind::Transit,
+            peer: Some("b".into()),
+            orcpt: None,
+        }],
+        kind: MessageKind::Mm4 {
+            message_type: "MM4_forward.REQ".into(),
+        },
+        transaction_id: Some("T-9".into()),
+        mm_message_id: Some("M-9@mms.mnc001.mcc001.gprs".into()),
+        originator_system: None,
+        size: 100,
+        xmm4_sync: false,
+        tls: false,
+        envid: None,
+        expires_at: None,
+        originated: true,
+        from: Some("+15550000001/TYPE=PLMN".into()),
+        subject: None,
+    };
+    let mut st = RecipientState::new(to.into(), RcptState::Queued, Some("b".into()), 0);
+    st.tid = Some("T-9".into());
+    s.store
+        .commit(vec![
+            Op::PutMessage {
+                id,
+                meta: to_bytes(&meta),
+                body: b"x".to_vec(),
+            },
+            st.op(id, 0, Some(s.clock.now_ms() as u64), Guard::None),
+            Op::PutIndex {
+                key: relay::keys::IndexKey::Transaction("T-9").to_string(),
+                value: id.to_string().into_bytes(),
+            },
+        ])
+        .await
+        .unwrap();
+    let version = s.store.recipients(id).await.unwrap()[0].version;
+    (id, version)
+}
+
+/// B's MM4_forward.RES for `T-9`, as inbound stores it.
+async fn forward_res_received(s: &Setup) {
+    let body = "X-Mms-3GPP-MMS-Version: 6.16.0\r\nX-Mms-Message-Type: MM4_forward.RES\r\n\
+X-Mms-Transaction-ID: \"T-9\"\r\nX-Mms-Message-ID: \"M-9@mms.mnc001.mcc001.gprs\"\r\n\
+X-Mms-Request-Status-Code: Ok\r\nX-Mms-Status-Text: Accepted\r\n\
+From: system-user@mms.mnc002.mcc262.gprs\r\nSender: system-user@mms.mnc002.mcc262.gprs\r\n\
+To: system-user@mms.mnc001.mcc001.gprs\r\nDate: Wed, 25 Nov 2026 12:34:58 +0100\r\n\
+Message-ID: <res-9@mms.mnc002.mcc262.gprs>\r\nContent-Type: text/plain\r\n\r\n";
+    let id = s.store.next_id().await.unwrap();
+    let meta = StoredMessage {
+        received_at: s.clock.now_ms(),
+        source: "127.0.0.2:1000".into(),
+        peer: Some("b".into()),
+        helo: "b".into(),
+        mail_from: "system-user@mms.mnc002.mcc262.gprs".into(),
+        rcpts: vec![StoredRcpt {
+            address: "system-user@mms.mnc001.mcc001.gprs".into(),
+            kind: RcptKind::System,
+            peer: None,
+            orcpt: None,
+        }],
+        kind: MessageKind::Mm4 {
+            message_type: "MM4_forward.RES".into(),
+        },
+        transaction_id: Some("T-9".into()),
+        mm_message_id: None,
+        originator_system: None,
+        size: body.len(),
+        xmm4_sync: false,
+        tls: false,
+        envid: None,
+        expires_at: None,
+        originated: false,
+        from: None,
+        subject: None,
+    };
+    let event = Event::Pdu {
+        message_type: "MM4_forward.RES".into(),
+    };
+    s.store
+        .commit(vec![
+            Op::PutMessage {
+                id,
+                meta: to_bytes(&meta),
+                body: body.as_bytes().to_vec(),
+            },
+            Op::PutEvent {
+                id,
+                event: to_bytes(&event),
+            },
+        ])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_res_that_overtakes_the_senders_record_charges_the_req_once() {
+    // Defect: the REQ was charged only by the sender's commit; when the sender died after the
+    // peer's 250 and the RES settled the recipient first, the REQ was never charged.
+    let s = setup();
+    let (id, claimed_version) = sent_but_not_recorded(&s).await;
+    forward_res_received(&s).await;
+    assert_eq!(pass(&s).await, 1);
+    let st: relay::records::RecipientState =
+        relay::records::from_bytes("r", &s.store.recipients(id).await.unwrap()[0].state).unwrap();
+    assert_eq!(st.state, relay::records::RcptState::Acknowledged);
+    assert_eq!(cdr_lines(&s, "MMO4FRq").await, 1, "charged by the RES");
+    assert_eq!(cdr_lines(&s, "MMO4FRs").await, 1);
+    // The sender's late write (over the version it claimed) loses, and its record with it.
+    let late = vec![
+        Op::SetRecipient {
+            id,
+            idx: 0,
+            state: b"forwarded".to_vec(),
+            due: None,
+            guard: Guard::Version(claimed_version),
+        },
+        Op::PutCdr {
+            id: s.store.next_id().await.unwrap(),
+            record: br#"{"record_type":"MMO4FRq","time":"2026-12-04T00:00:00Z"}"#.to_vec(),
+            if_applied: vec![0],
+        },
+    ];
+    let r = s.store.commit(late).await.unwrap();
+    assert_eq!(r, vec![OpResult::Conflict, OpResult::Conflict]);
+    assert_eq!(cdr_lines(&s, "MMO4FRq").await, 1, "charged once");
 }

@@ -133,6 +133,35 @@ pub enum Op {
     DeleteIndex {
         key: String,
     },
+    /// A charging record, committed with the event it charges; written to a node's files
+    /// later by whoever claims it ([`Spool::claim_cdrs`]). `id` comes from [`Spool::next_id`]
+    /// and becomes the record's id in the files. With `if_applied` (indices of earlier ops of
+    /// the same commit) it is stored only if one of those applied, else the result is
+    /// [`OpResult::Conflict`]: a REQ is charged by whichever write records it as sent.
+    PutCdr {
+        id: MsgId,
+        record: Vec<u8>,
+        if_applied: Vec<usize>,
+    },
+    /// Charging records `exporter` has written to its files: gone from the store. A record
+    /// another exporter took over meanwhile stays; the result is then [`OpResult::Conflict`].
+    DeleteCdrs {
+        exporter: String,
+        ids: Vec<MsgId>,
+    },
+}
+
+impl Op {
+    /// Whether this op is skipped because none of the earlier ops it depends on applied
+    /// (`earlier`: the results of the commit's ops before it).
+    pub fn depends_on_nothing_applied(&self, earlier: &[OpResult]) -> bool {
+        match self {
+            Op::PutCdr { if_applied, .. } if !if_applied.is_empty() => !if_applied
+                .iter()
+                .any(|i| earlier.get(*i).is_some_and(|r| *r != OpResult::Conflict)),
+            _ => false,
+        }
+    }
 }
 
 /// The result of one [`Op`], in order.
@@ -181,6 +210,13 @@ pub struct ClaimedEvent {
     pub id: MsgId,
     pub event: Vec<u8>,
     pub token: Token,
+}
+
+/// A charging record waiting to be written to a node's files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CdrRow {
+    pub id: MsgId,
+    pub record: Vec<u8>,
 }
 
 /// An entry of a queue's due index.
@@ -320,6 +356,18 @@ pub trait Spool: Send + Sync {
         now: u64,
         lease: Duration,
     ) -> Result<Option<Token>, StoreError>;
+
+    /// Charging records for `exporter` (a node name, stable across its restarts) to write,
+    /// oldest first: the ones it claimed before and has not finished (after a crash: they may
+    /// be in its files already), else up to `limit` that nobody holds or whose holder has not
+    /// come back for them within `stale`. Finished by committing [`Op::DeleteCdrs`].
+    async fn claim_cdrs(
+        &self,
+        exporter: &str,
+        now: u64,
+        stale: Duration,
+        limit: usize,
+    ) -> Result<Vec<CdrRow>, StoreError>;
 
     /// Claims a free one of `limit` connection slots of `peer` for `owner` (renewed with its
     /// other claims); `None` while all are held.

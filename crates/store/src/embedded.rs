@@ -27,6 +27,8 @@ const DEDUPE: TableDefinition<&str, u64> = TableDefinition::new("dedupe");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const CAPABILITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("capabilities");
 const INDEX: TableDefinition<&str, &[u8]> = TableDefinition::new("index");
+/// Charging records not yet written to the node's files.
+const CDRS: TableDefinition<u64, &[u8]> = TableDefinition::new("cdrs");
 
 type RcptKey = (u64, u32);
 type Claims = Leases<RcptKey, MsgId>;
@@ -46,11 +48,18 @@ struct Shared {
     depth: Mutex<HashMap<String, u64>>,
     /// The last heartbeat of each node: its owner name then, and when.
     heartbeats: Mutex<HashMap<String, (String, u64)>>,
+    /// Charging records claimed by an exporter: who, and when (unix ms). In memory: one
+    /// process uses this store, and its exporter re-checks its files after a restart.
+    cdr_marks: Mutex<HashMap<MsgId, (String, u64)>>,
 }
 
 impl Shared {
     fn leases(&self) -> MutexGuard<'_, Claims> {
         self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn cdr_marks(&self) -> MutexGuard<'_, HashMap<MsgId, (String, u64)>> {
+        self.cdr_marks.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -127,13 +136,18 @@ impl Embedded {
             txn.open_table(EVENTS).map_err(db_err)?;
             txn.open_table(CAPABILITIES).map_err(db_err)?;
             txn.open_table(INDEX).map_err(db_err)?;
+            txn.open_table(CDRS).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         // The last id, and the queue depths: counted once here, then kept as commits land.
         let (last, depth) = {
             let r = db.begin_read().map_err(db_err)?;
-            let t = r.open_table(MESSAGES).map_err(db_err)?;
-            let last = t.last().map_err(db_err)?.map_or(0, |(k, _)| k.value());
+            // Ids go to messages, events and charging records: none may be handed out twice.
+            let mut last = 0;
+            for table in [MESSAGES, EVENTS, CDRS] {
+                let t = r.open_table(table).map_err(db_err)?;
+                last = last.max(t.last().map_err(db_err)?.map_or(0, |(k, _)| k.value()));
+            }
             let mut depth: HashMap<String, u64> = HashMap::new();
             for e in r.open_table(DUE).map_err(db_err)?.iter().map_err(db_err)? {
                 *depth
@@ -150,6 +164,7 @@ impl Embedded {
             leases: Mutex::new(Leases::new(start)),
             depth: Mutex::new(depth),
             heartbeats: Mutex::new(HashMap::new()),
+            cdr_marks: Mutex::new(HashMap::new()),
         });
         let stats = Arc::new(Stats::default());
         let writer = Writer::spawn(
@@ -194,6 +209,7 @@ struct Tables<'t> {
     events: redb::Table<'t, u64, &'static [u8]>,
     caps: redb::Table<'t, &'static str, &'static [u8]>,
     index: redb::Table<'t, &'static str, &'static [u8]>,
+    cdrs: redb::Table<'t, u64, &'static [u8]>,
 }
 
 /// What a batch does to memory once it is durable.
@@ -203,6 +219,8 @@ struct AfterCommit {
     recipients: Vec<(RcptKey, Token)>,
     events: Vec<(MsgId, Token)>,
     depth: HashMap<String, i64>,
+    /// Charging records written out and deleted: their marks end.
+    cdrs_done: Vec<MsgId>,
 }
 
 impl Apply {
@@ -376,6 +394,27 @@ impl Apply {
                 t.index.remove(key.as_str()).map_err(db_err)?;
                 OpResult::Done
             }
+            Op::PutCdr { id, record, .. } => {
+                t.cdrs.insert(*id, record.as_slice()).map_err(db_err)?;
+                OpResult::Done
+            }
+            Op::DeleteCdrs { exporter, ids } => {
+                let marks = self.shared.cdr_marks();
+                let mut taken = false;
+                for id in ids {
+                    if marks.get(id).is_some_and(|(by, _)| by != exporter) {
+                        taken = true;
+                        continue;
+                    }
+                    t.cdrs.remove(*id).map_err(db_err)?;
+                    after.cdrs_done.push(*id);
+                }
+                if taken {
+                    OpResult::Conflict
+                } else {
+                    OpResult::Done
+                }
+            }
         })
     }
 
@@ -399,6 +438,7 @@ impl Apply {
                 events: txn.open_table(EVENTS).map_err(db_err)?,
                 caps: txn.open_table(CAPABILITIES).map_err(db_err)?,
                 index: txn.open_table(INDEX).map_err(db_err)?,
+                cdrs: txn.open_table(CDRS).map_err(db_err)?,
             };
             for job in batch {
                 if job.all_or_nothing && !self.job_guards_hold(&t, job, after)? {
@@ -407,7 +447,12 @@ impl Apply {
                 }
                 let mut results = Vec::with_capacity(job.ops.len());
                 for op in &job.ops {
-                    results.push(self.op(&mut t, op, job.all_or_nothing, after)?);
+                    let r = if op.depends_on_nothing_applied(&results) {
+                        OpResult::Conflict
+                    } else {
+                        self.op(&mut t, op, job.all_or_nothing, after)?
+                    };
+                    results.push(r);
                 }
                 all.push(Ok(results));
             }
@@ -440,6 +485,11 @@ impl Batch for Apply {
         }
         drop(leases);
         if r.is_ok() {
+            let mut marks = self.shared.cdr_marks();
+            for id in &after.cdrs_done {
+                marks.remove(id);
+            }
+            drop(marks);
             let mut depth = self.shared.depth.lock().unwrap_or_else(|e| e.into_inner());
             for (q, d) in after.depth {
                 let n = depth.entry(q.clone()).or_default();
@@ -652,6 +702,63 @@ impl Spool for Embedded {
             .slots
             .finish(&(slot.peer.clone(), slot.n), slot.token);
         Ok(())
+    }
+
+    async fn claim_cdrs(
+        &self,
+        exporter: &str,
+        now: u64,
+        stale: Duration,
+        limit: usize,
+    ) -> Result<Vec<CdrRow>, StoreError> {
+        let stale = stale.as_millis() as u64;
+        let mut marks = self.shared.cdr_marks();
+        let r = self.shared.db.begin_read().map_err(db_err)?;
+        let t = r.open_table(CDRS).map_err(db_err)?;
+        // What this exporter claimed before and has not finished comes first.
+        let mut own: Vec<MsgId> = marks
+            .iter()
+            .filter(|(_, (by, _))| by == exporter)
+            .map(|(id, _)| *id)
+            .collect();
+        own.sort_unstable();
+        own.truncate(limit);
+        let mut rows = Vec::new();
+        if !own.is_empty() {
+            for id in own {
+                match t.get(id).map_err(db_err)? {
+                    Some(v) => rows.push(CdrRow {
+                        id,
+                        record: v.value().to_vec(),
+                    }),
+                    None => {
+                        marks.remove(&id);
+                        continue;
+                    }
+                }
+                marks.insert(id, (exporter.to_string(), now));
+            }
+            return Ok(rows);
+        }
+        for e in t.iter().map_err(db_err)? {
+            if rows.len() >= limit {
+                break;
+            }
+            let (k, v) = e.map_err(db_err)?;
+            let id = k.value();
+            if marks
+                .get(&id)
+                .is_some_and(|(_, at)| at.saturating_add(stale) > now)
+            {
+                continue;
+            }
+            marks.insert(id, (exporter.to_string(), now));
+            rows.push(CdrRow {
+                id,
+                record: v.value().to_vec(),
+            });
+        }
+        Ok(rows)
     }
 
     async fn claim_job(

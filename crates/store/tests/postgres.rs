@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use conformance::Backend;
+use store::{Op, OpResult};
 use store::{Postgres, Spool};
 
 struct Pg {
@@ -59,6 +60,40 @@ async fn a_newer_schema_is_refused() {
         panic!("a node must refuse a newer schema")
     };
     assert!(e.to_string().contains("newer than this build"), "{e}");
+}
+
+#[tokio::test]
+async fn an_older_schema_is_migrated_forward() {
+    let server = testbed::Postgres::start();
+    server.create_db("older");
+    let url = server.url("older");
+    drop(Postgres::open(&url, 2, "n0", None).await.unwrap());
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // A version-1 database: before the charging-record outbox.
+    client
+        .batch_execute("DROP TABLE cdrs; UPDATE mmsrelay_schema SET version = 1")
+        .await
+        .unwrap();
+    let s = Postgres::open(&url, 2, "n0", None).await.unwrap();
+    let id = s.next_id().await.unwrap();
+    let r = s
+        .commit(vec![Op::PutCdr {
+            id,
+            record: b"x".to_vec(),
+            if_applied: vec![],
+        }])
+        .await
+        .unwrap();
+    assert_eq!(r, vec![OpResult::Done]);
+    let v: i32 = client
+        .query_one("SELECT version FROM mmsrelay_schema", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, store::postgres::schema::VERSION);
 }
 
 /// A CA, and a certificate it issued for 127.0.0.1 (the host of the test URLs).

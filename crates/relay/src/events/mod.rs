@@ -24,7 +24,7 @@ use mm4::{MessageType, Pdu, RequestStatus};
 use store::{ClaimRequest, ClaimedEvent, Guard, MsgId, Op, Spool, StoreError};
 use tokio::sync::{watch, Notify};
 
-use crate::cdr::{now_rfc3339, Cdr, CdrWriter, RecordType};
+use crate::cdr::{now_rfc3339, Cdr, Charging, RecordType};
 use crate::clock::Clock;
 use crate::directory::Directory;
 use crate::keys::IndexKey;
@@ -37,7 +37,8 @@ pub struct Events {
     pub store: Arc<dyn Spool>,
     pub dir: Arc<Directory>,
     pub clock: Arc<dyn Clock>,
-    pub cdr: Option<Arc<CdrWriter>>,
+    /// Charging records (stored with each event's commit); `None`: none are made.
+    pub cdr: Option<Charging>,
     /// Woken by inbound after each commit.
     pub wake: Arc<Notify>,
     /// Woken when outbound work was queued.
@@ -64,7 +65,7 @@ pub enum EventError {
 }
 
 /// What handling one event does: the changes committed with its deletion, and the charging
-/// records written once that commit is durable.
+/// records committed with them.
 #[derive(Default)]
 pub struct Effects {
     pub ops: Vec<Op>,
@@ -87,7 +88,7 @@ impl Events {
         self.clock.now_ms()
     }
 
-    /// A charging record of `pdu` (written after the commit).
+    /// A charging record of `pdu` (committed with the event's effects).
     fn cdr(
         &self,
         fx: &mut Effects,
@@ -183,12 +184,20 @@ impl Events {
             let queued = fx.queues_work();
             let mut ops = fx.ops;
             ops.push(delete.clone());
+            let charged = !fx.cdrs.is_empty();
+            if let (Some(c), true) = (&self.cdr, charged) {
+                match c.ops(&*self.store, &fx.cdrs, &[]).await {
+                    Ok(cdrs) => ops.extend(cdrs),
+                    Err(e) => {
+                        tracing::error!(id, error = %e, "event not handled; will retry");
+                        return;
+                    }
+                }
+            }
             match self.store.commit_all(ops).await {
                 Ok(_) => {
-                    if let Some(w) = &self.cdr {
-                        for c in &fx.cdrs {
-                            w.write(c);
-                        }
+                    if let (Some(c), true) = (&self.cdr, charged) {
+                        c.committed();
                     }
                     if queued {
                         self.outbound_wake.notify_one();

@@ -4,12 +4,42 @@ use mm4::{Address, Kind, MessageType, MmStatus, Pdu, ReadStatus, RequestStatus};
 use store::{Op, StoreError};
 
 use super::{Effects, EventError, Events};
-use crate::cdr::RecordType;
+use crate::cdr::{Cdr, RecordType};
 use crate::keys::CapabilityKey;
 use crate::originate::Answer;
 use crate::records::{Next, RcptState, StoredMessage};
 
 impl Events {
+    /// Charges the REQ `tid` of message `id` for `recipients` whose sending was never
+    /// recorded: committed with this RES, it stands exactly when the sender's own record (made
+    /// only if its state write lands) does not.
+    async fn charge_unrecorded_send(
+        &self,
+        fx: &mut Effects,
+        id: store::MsgId,
+        tid: &str,
+        recipients: Vec<(String, Option<String>)>,
+        now: i64,
+    ) -> Result<(), EventError> {
+        if recipients.is_empty() || self.cdr.is_none() {
+            return Ok(());
+        }
+        let Some(meta) = self.store.message(id).await? else {
+            return Ok(());
+        };
+        let meta: StoredMessage = crate::records::from_bytes("message", &meta)?;
+        let peer = recipients.first().and_then(|(_, p)| p.clone());
+        fx.cdrs.extend(Cdr::sent(
+            &meta,
+            &self.dir.domain.to_string(),
+            peer,
+            Some(tid.to_string()),
+            recipients.into_iter().map(|(a, _)| a).collect(),
+            now,
+        ));
+        Ok(())
+    }
+
     pub(super) async fn pdu(
         &self,
         fx: &mut Effects,
@@ -46,11 +76,20 @@ impl Events {
                         .unwrap_or_default()
                 );
                 let status = r.status;
+                // Recipients whose sending was never recorded (the sender died, or has not
+                // committed yet): this RES proves the REQ went, and charges it.
+                let unrecorded = std::sync::Mutex::new(Vec::new());
                 let ops = self
                     .update_recipients(
                         id,
                         |st| st.awaits(&tid),
                         |st| {
+                            if st.state != RcptState::Forwarded && st.resends == 0 {
+                                unrecorded
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .push((st.address.clone(), st.peer.clone()));
+                            }
                             let state = if status == RequestStatus::Ok {
                                 RcptState::Acknowledged
                             } else {
@@ -62,6 +101,14 @@ impl Events {
                     )
                     .await?;
                 fx.ops.extend(ops);
+                self.charge_unrecorded_send(
+                    fx,
+                    id,
+                    &tid,
+                    unrecorded.into_inner().unwrap_or_default(),
+                    now,
+                )
+                .await?;
             }
             Kind::DeliveryReportReq(d) => {
                 self.cdr(

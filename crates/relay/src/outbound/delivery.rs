@@ -3,7 +3,9 @@
 //! landed meanwhile wins, and a claim that expired and was taken over cannot be undone by its
 //! late first owner. Charging records are written after the commit, for what it applied.
 
-use store::{Guard, MsgId, OpResult, StoreError};
+use store::{Guard, MsgId, Op, OpResult, StoreError};
+
+use crate::cdr::Cdr;
 
 use super::policy::{apply_with_ack, expire, Attempt};
 use super::Outbound;
@@ -48,13 +50,25 @@ impl Outbound {
         id: MsgId,
         outcomes: &[Outcome],
     ) -> Result<Vec<bool>, StoreError> {
-        let ops = outcomes
+        self.commit_outcomes_with(id, outcomes, Vec::new()).await
+    }
+
+    /// [`Self::commit_outcomes`] with `more` ops (charging records) in the same commit.
+    async fn commit_outcomes_with(
+        &self,
+        id: MsgId,
+        outcomes: &[Outcome],
+        more: Vec<Op>,
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut ops: Vec<Op> = outcomes
             .iter()
             .map(|o| o.member.st.op(id, o.member.idx, o.due, o.member.guard))
             .collect();
+        ops.extend(more);
         let results = self.store.commit(ops).await?;
         Ok(results
             .into_iter()
+            .take(outcomes.len())
             .map(|r| r != OpResult::Conflict)
             .collect())
     }
@@ -162,8 +176,12 @@ impl Outbound {
             attempts.push(attempt);
             outcomes.push(Outcome { member: m, due });
         }
-        let applied = self.commit_outcomes(gid, &outcomes).await?;
-        let mut sent_to = Vec::new();
+        let charge = self.charge_sent(meta, &outcomes, &attempts, now).await?;
+        let charged = !charge.is_empty();
+        let applied = self.commit_outcomes_with(gid, &outcomes, charge).await?;
+        if let (Some(c), true) = (&self.cdr, charged) {
+            c.committed();
+        }
         for ((o, attempt), applied) in outcomes.iter().zip(&attempts).zip(applied) {
             let st = &o.member.st;
             let peer = st.peer.as_deref().unwrap_or("-");
@@ -188,56 +206,47 @@ impl Outbound {
                 continue;
             }
             if matches!(attempt, Attempt::Accepted { .. }) {
-                // Charged once per REQ: a re-send after a lost RES is the same REQ.
-                if st.resends == 0 {
-                    sent_to.push(st.address.clone());
-                }
                 self.metrics
                     .observe_latency((now - meta.received_at).max(0) as f64 / 1000.0);
             }
-        }
-        if !sent_to.is_empty() && meta.originated {
-            let first = &outcomes[0].member.st;
-            self.cdr_sent(meta, first.peer.clone(), first.tid.clone(), sent_to, now);
         }
         self.wake.notify_one();
         Ok(())
     }
 
-    /// The charging record of a REQ we sent that the next hop accepted (after its commit).
-    fn cdr_sent(
+    /// The charging record of a REQ we sent that the next hop accepted, as an op committed with
+    /// the delivery state — stored only if one of the recipient writes applies: when a RES
+    /// settled them first (our write lost), the RES handler charged the REQ. Charged once per
+    /// REQ: a re-send after a lost RES is the same REQ.
+    async fn charge_sent(
         &self,
         meta: &StoredMessage,
-        peer: Option<String>,
-        tid: Option<String>,
-        rcpts: Vec<String>,
+        outcomes: &[Outcome],
+        attempts: &[Attempt],
         now: i64,
-    ) {
-        use crate::cdr::{Cdr, RecordType};
-        let Some(w) = &self.cdr else { return };
-        let record_type = match &meta.kind {
-            crate::records::MessageKind::Mm4 { message_type } => {
-                match message_type.parse::<mm4::MessageType>() {
-                    Ok(mm4::MessageType::ForwardReq) => RecordType::MMO4FRq,
-                    Ok(mm4::MessageType::DeliveryReportReq) => RecordType::MMR4DRq,
-                    Ok(mm4::MessageType::ReadReplyReq) => RecordType::MMR4RRq,
-                    _ => return,
-                }
-            }
-            _ => return,
+    ) -> Result<Vec<Op>, StoreError> {
+        let Some(charging) = &self.cdr else {
+            return Ok(Vec::new());
         };
-        w.write(&Cdr {
-            record_type,
-            time: crate::cdr::now_rfc3339(now),
-            local_rs: self.cfg.our_domain.to_string(),
-            peer,
-            originator: meta.from.clone(),
-            recipients: rcpts,
-            message_id: meta.mm_message_id.clone(),
-            transaction_id: tid,
-            size: Some(meta.size),
-            content_types: Vec::new(),
-            status: None,
-        });
+        let (ops, sent_to): (Vec<usize>, Vec<String>) = outcomes
+            .iter()
+            .zip(attempts)
+            .enumerate()
+            .filter(|(_, (o, a))| matches!(a, Attempt::Accepted { .. }) && o.member.st.resends == 0)
+            .map(|(i, (o, _))| (i, o.member.st.address.clone()))
+            .unzip();
+        let first = &outcomes[0].member.st;
+        let record = Cdr::sent(
+            meta,
+            &self.cfg.our_domain.to_string(),
+            first.peer.clone(),
+            first.tid.clone(),
+            sent_to,
+            now,
+        );
+        match record {
+            Some(r) => charging.ops(&*self.store, &[r], &ops).await,
+            None => Ok(Vec::new()),
+        }
     }
 }

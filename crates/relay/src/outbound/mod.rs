@@ -87,7 +87,8 @@ pub struct Outbound {
     pub capabilities: Mutex<HashMap<String, SeenCapabilities>>,
     /// The last transient failure per peer (time, evidence), for `GET /v1/peers`.
     pub last_error: Mutex<HashMap<String, (i64, String)>>,
-    pub cdr: Option<Arc<crate::cdr::CdrWriter>>,
+    /// Charging records of the REQs we send (committed with their delivery state).
+    pub cdr: Option<crate::cdr::Charging>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -106,7 +107,7 @@ impl Outbound {
         router: Arc<Router>,
         clock: Arc<dyn Clock>,
         cfg: OutboundConfig,
-        cdr: Option<Arc<crate::cdr::CdrWriter>>,
+        cdr: Option<crate::cdr::Charging>,
     ) -> Arc<Self> {
         let semaphores = router
             .dir

@@ -67,7 +67,11 @@ async fn write(
             let mut results = Vec::with_capacity(job.ops.len());
             let mut refused = false;
             for op in &job.ops {
-                let r = op_apply(&sp, op, &mut mine).await.map_err(db)?;
+                let r = if op.depends_on_nothing_applied(&results) {
+                    OpResult::Conflict
+                } else {
+                    op_apply(&sp, op, &mut mine).await.map_err(db)?
+                };
                 if r == OpResult::Conflict {
                     refused = true;
                     break;
@@ -85,7 +89,12 @@ async fn write(
         } else {
             let mut results = Vec::with_capacity(job.ops.len());
             for op in &job.ops {
-                results.push(op_apply(&tx, op, &mut deltas).await.map_err(db)?);
+                let r = if op.depends_on_nothing_applied(&results) {
+                    OpResult::Conflict
+                } else {
+                    op_apply(&tx, op, &mut deltas).await.map_err(db)?
+                };
+                results.push(r);
             }
             all.push(Ok(results));
         }
@@ -310,6 +319,29 @@ async fn op_apply(tx: &Transaction<'_>, op: &Op, deltas: &mut Deltas) -> Result<
         Op::DeleteIndex { key } => {
             exec(tx, "DELETE FROM named_index WHERE key = $1", &[key]).await?;
             OpResult::Done
+        }
+        Op::PutCdr { id, record, .. } => {
+            exec(
+                tx,
+                "INSERT INTO cdrs (id, record) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+                &[&(*id as i64), record],
+            )
+            .await?;
+            OpResult::Done
+        }
+        Op::DeleteCdrs { exporter, ids } => {
+            let ids: Vec<i64> = ids.iter().map(|i| *i as i64).collect();
+            let n = exec(
+                tx,
+                "DELETE FROM cdrs WHERE id = ANY($1) AND exporter = $2",
+                &[&ids, exporter],
+            )
+            .await?;
+            if (n as usize) < ids.len() {
+                OpResult::Conflict
+            } else {
+                OpResult::Done
+            }
         }
     })
 }

@@ -421,6 +421,49 @@ impl Spool for Postgres {
         Ok(())
     }
 
+    async fn claim_cdrs(
+        &self,
+        exporter: &str,
+        now: u64,
+        stale: Duration,
+        limit: usize,
+    ) -> Result<Vec<CdrRow>, StoreError> {
+        let c = self.client().await?;
+        let (now, limit) = (now as i64, limit as i64);
+        // What this exporter claimed before and has not finished comes first.
+        let mut rows = q(
+            &c,
+            "UPDATE cdrs SET marked_at = $2 WHERE id IN \
+             (SELECT id FROM cdrs WHERE exporter = $1 ORDER BY id LIMIT $3) \
+             RETURNING id, record",
+            &[&exporter, &now, &limit],
+        )
+        .await
+        .map_err(db)?;
+        if rows.is_empty() {
+            let before = now.saturating_sub(stale.as_millis() as i64);
+            rows = q(
+                &c,
+                "UPDATE cdrs SET exporter = $1, marked_at = $2 WHERE id IN \
+                 (SELECT id FROM cdrs WHERE exporter IS NULL OR marked_at < $4 \
+                  ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+                 RETURNING id, record",
+                &[&exporter, &now, &limit, &before],
+            )
+            .await
+            .map_err(db)?;
+        }
+        let mut out: Vec<CdrRow> = rows
+            .iter()
+            .map(|r| CdrRow {
+                id: r.get::<_, i64>(0) as u64,
+                record: r.get(1),
+            })
+            .collect();
+        out.sort_unstable_by_key(|r| r.id);
+        Ok(out)
+    }
+
     async fn claim_job(
         &self,
         name: &str,

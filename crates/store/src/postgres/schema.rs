@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 use crate::contract::StoreError;
 
 /// The schema this build knows.
-pub const VERSION: i32 = 1;
+pub const VERSION: i32 = 2;
 
 /// An arbitrary constant: the advisory lock that serializes migrations between nodes.
 const MIGRATION_LOCK: i64 = 0x6d6d_7372_656c_6179;
@@ -53,6 +53,16 @@ CREATE TABLE queue_depth (queue text NOT NULL, node text NOT NULL, depth bigint 
 CREATE TABLE nodes (name text PRIMARY KEY, owner text NOT NULL, heartbeat bigint NOT NULL);
 "#;
 
+/// Version 2: the charging-record outbox. A record is claimed by an exporter (a node name) and
+/// deleted once that node's files hold it.
+const V2: &str = r#"
+CREATE TABLE cdrs (id bigint PRIMARY KEY, record bytea NOT NULL, exporter text, marked_at bigint);
+CREATE INDEX cdrs_exporter ON cdrs (exporter) WHERE exporter IS NOT NULL;
+"#;
+
+/// Each version's statements, in order: a database at version `n` runs the ones after `n`.
+const STEPS: [&str; VERSION as usize] = [V1, V2];
+
 fn err(e: tokio_postgres::Error) -> StoreError {
     StoreError::Db(format!("schema: {e}"))
 }
@@ -81,13 +91,17 @@ pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
         }
         Some(v) if v == VERSION => {}
         Some(v) => {
-            // Future migrations run here, each from its version to the next.
-            return Err(StoreError::Db(format!(
-                "no migration from schema version {v}"
-            )));
+            for step in &STEPS[v.max(0) as usize..] {
+                tx.batch_execute(step).await.map_err(err)?;
+            }
+            tx.execute("UPDATE mmsrelay_schema SET version = $1", &[&VERSION])
+                .await
+                .map_err(err)?;
         }
         None => {
-            tx.batch_execute(V1).await.map_err(err)?;
+            for step in &STEPS {
+                tx.batch_execute(step).await.map_err(err)?;
+            }
             tx.execute(
                 "INSERT INTO mmsrelay_schema (version) VALUES ($1)",
                 &[&VERSION],
