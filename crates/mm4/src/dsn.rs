@@ -3,7 +3,7 @@
 //! No crate parses `message/delivery-status` well, so the fields are read here; the MIME
 //! structure around them is taken apart by `mail-parser`.
 
-use mail_parser::{MessageParser, MimeHeaders, PartType};
+use mail_parser::{MimeHeaders, PartType};
 
 use crate::header;
 use crate::mapping::{self, EnhancedStatus, Outcome};
@@ -187,9 +187,7 @@ fn typed_address(v: &str) -> String {
 
 /// Parses a DSN mail.
 pub fn parse(raw: &[u8]) -> Result<Dsn, DsnError> {
-    let msg = MessageParser::default()
-        .parse(raw)
-        .ok_or(DsnError::NotMime)?;
+    let msg = crate::mime::parse_mime(raw).ok_or(DsnError::NotMime)?;
     let mut status_body: Option<Vec<u8>> = None;
     let mut returned: Option<Vec<u8>> = None;
     for part in msg.parts.iter().skip(1) {

@@ -55,14 +55,23 @@ fn base64_lines(body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Parses a whole mail with mail-parser, containing its panics: mail-parser 0.11 has debug-only
+/// assertions that malformed input can trip (a multipart whose first delimiter line carries
+/// text after the boundary; fixed in 1.0, which needs a newer compiler than ours). In release
+/// builds they compile away; in debug builds the input is simply not MIME to us. Bytes from a
+/// peer must never stop the relay.
+pub(crate) fn parse_mime(raw: &[u8]) -> Option<mail_parser::Message<'_>> {
+    std::panic::catch_unwind(|| MessageParser::default().parse(raw))
+        .ok()
+        .flatten()
+}
+
 /// The message with every 8-bit leaf part as base64 (unchanged when already 7-bit).
 pub fn downgrade_8bit(raw: &[u8]) -> Result<Cow<'_, [u8]>, DowngradeError> {
     if !is_8bit(raw) {
         return Ok(Cow::Borrowed(raw));
     }
-    let msg = MessageParser::default()
-        .parse(raw)
-        .ok_or(DowngradeError::NotMime)?;
+    let msg = parse_mime(raw).ok_or(DowngradeError::NotMime)?;
     let mut spans: Vec<(usize, usize, usize)> = Vec::new(); // (header, body, end)
     for (i, p) in msg.parts.iter().enumerate() {
         let (h, b, e) = (

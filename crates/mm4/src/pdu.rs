@@ -328,8 +328,8 @@ impl Body<'_> {
 
 /// The leaf parts of a whole mail.
 pub fn list_parts(raw: &[u8]) -> Vec<PartInfo> {
-    use mail_parser::{MessageParser, MimeHeaders, PartType};
-    let Some(msg) = MessageParser::default().parse(raw) else {
+    use mail_parser::{MimeHeaders, PartType};
+    let Some(msg) = crate::mime::parse_mime(raw) else {
         return Vec::new();
     };
     msg.parts
