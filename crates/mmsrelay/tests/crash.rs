@@ -173,11 +173,11 @@ fn sigkill_under_load_loses_nothing_acknowledged() {
         "nothing filed that was never sent"
     );
     // Arrivals beyond one per message: resends after a crash between commit and reply.
-    // Every stored forward is an arrival (ids are sequential; at most one per attempt, plus
-    // the RES mails the relay wrote itself).
+    // Every stored forward is an arrival (ids are sequential and shared with the RES mails the
+    // relay wrote itself and the charging records; the store's next id is above them all).
     let mut arrivals = 0;
-    let attempts_made = attempts.load(Ordering::Relaxed) as u64;
-    for id in 1..=attempts_made * 2 + 100 {
+    let end = wait(s.next_id()).unwrap();
+    for id in 1..end {
         let Some(m) = wait(s.message(id)).unwrap() else {
             continue;
         };
