@@ -29,6 +29,31 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("dns: {0}")]
     Dns(String),
+    #[error("peer[{index}] ({name}): {source}")]
+    PeerTls {
+        index: usize,
+        name: String,
+        source: relay::tls::TlsError,
+    },
+}
+
+/// The TLS client side of every peer (its files read now: a bad one stops the start).
+fn peer_tls(
+    peers: &[relay::config::PeerConfig],
+) -> Result<std::collections::HashMap<String, relay::peer_tls::PeerTls>, ServeError> {
+    peers
+        .iter()
+        .enumerate()
+        .map(|(index, p)| {
+            relay::peer_tls::peer_tls(p)
+                .map(|t| (p.name.clone(), t))
+                .map_err(|source| ServeError::PeerTls {
+                    index,
+                    name: p.name.clone(),
+                    source,
+                })
+        })
+        .collect()
 }
 
 /// The configured store: the embedded one in `store.path`, or the cluster's PostgreSQL.
@@ -135,6 +160,7 @@ pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(
             max_in_flight: cfg.queue.max_in_flight,
             max_in_flight_per_peer: cfg.queue.max_in_flight_per_peer,
             pool_idle: cfg.queue.pool_idle.0,
+            peer_tls: peer_tls(&cfg.peers)?,
         },
         Some(cdr.clone()),
     );
@@ -200,11 +226,17 @@ pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(
         },
         ..ServerConfig::default()
     });
-    let driver = Arc::new(DriverConfig {
+    let driver = DriverConfig {
         idle_timeout: cfg.smtp.idle_timeout.0,
         data_timeout: cfg.smtp.data_timeout.0,
         tls,
+        implicit_tls: false,
+    };
+    let implicit = Arc::new(DriverConfig {
+        implicit_tls: true,
+        ..driver.clone()
     });
+    let driver = Arc::new(driver);
     let limits = ListenerLimits {
         allow: cfg.smtp.allow.clone(),
         max_connections: cfg.smtp.max_connections,
@@ -212,16 +244,17 @@ pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(
     };
     // Every socket is bound before any is served: a relay that cannot take its API port must
     // exit before it has accepted a message, not after.
-    let mut smtp_listeners = Vec::with_capacity(cfg.smtp.listen.len());
-    for addr in &cfg.smtp.listen {
-        smtp_listeners.push(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|e| ServeError::Bind {
-                    addr: addr.to_string(),
-                    reason: e.to_string(),
-                })?,
-        );
+    let mut smtp_listeners = Vec::new();
+    let plain = cfg.smtp.listen.iter().map(|a| (a, &driver));
+    let wrapped = cfg.smtp.listen_tls.iter().map(|a| (a, &implicit));
+    for (addr, how) in plain.chain(wrapped) {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| ServeError::Bind {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
+        smtp_listeners.push((l, how.clone()));
     }
     let api_listener = TcpListener::bind(cfg.api.listen)
         .await
@@ -231,12 +264,13 @@ pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(
         })?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut listeners = tokio::task::JoinSet::new();
-    for l in smtp_listeners {
-        tracing::info!(addr = %l.local_addr()?, "SMTP listening");
+    for (l, how) in smtp_listeners {
+        let implicit_tls = how.implicit_tls;
+        tracing::info!(addr = %l.local_addr()?, implicit_tls, "SMTP listening");
         listeners.spawn(smtp::driver::serve(
             l,
             server.clone(),
-            driver.clone(),
+            how,
             limits.clone(),
             policy.clone(),
             handler.clone(),

@@ -353,7 +353,10 @@ fn the_database_stopping_means_451_and_503_then_traffic_resumes() {
     while seen.total.load(Ordering::SeqCst) < 3 {
         assert!(
             Instant::now() < deadline,
-            "not all delivered after the outage"
+            "not all delivered after the outage: {:?}\n{}\n{}",
+            seen.by_tid.lock().unwrap(),
+            http("GET", &a1.api, "/v1/queue", None).1,
+            a1.relay.log()
         );
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -116,6 +116,9 @@ impl MmseConfig {
 pub struct SmtpConfig {
     #[serde(default = "default_smtp_listen")]
     pub listen: Vec<SocketAddr>,
+    /// Implicit-TLS listeners (TLS from the first byte; `tls_cert`/`tls_key` serve them).
+    #[serde(default)]
+    pub listen_tls: Vec<SocketAddr>,
     #[serde(default = "default_max_size")]
     pub max_message_size: usize,
     #[serde(default = "default_max_rcpts")]
@@ -448,7 +451,10 @@ pub enum PeerMode {
 pub enum TlsPolicy {
     None,
     Opportunistic,
+    /// STARTTLS, or nothing is sent.
     Required,
+    /// TLS from the first byte (a dedicated port, STARTTLS not used).
+    Implicit,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -486,6 +492,16 @@ pub struct PeerConfig {
     pub max_connections: usize,
     #[serde(default)]
     pub transit: bool,
+    /// CAs that must vouch for the peer's certificate (chain and name).
+    pub tls_ca: Option<PathBuf>,
+    /// The name its certificate must carry (default: the host we connect to).
+    pub tls_server_name: Option<String>,
+    /// SubjectPublicKeyInfo SHA-256 pins (`sha256/BASE64`): its key must be one of these.
+    #[serde(default)]
+    pub tls_pin: Vec<String>,
+    /// Our certificate and key for this peer (mutual TLS).
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 fn default_mode() -> PeerMode {
@@ -658,6 +674,12 @@ impl Config {
             ),
             _ => {}
         }
+        if !self.smtp.listen_tls.is_empty() && self.smtp.tls_cert.is_none() {
+            bad(
+                "smtp.listen_tls".into(),
+                "implicit-TLS listeners need smtp.tls_cert and smtp.tls_key".into(),
+            );
+        }
         if self.store.backend == Backend::Postgres {
             match self.store.url.as_deref() {
                 None => bad(
@@ -750,6 +772,38 @@ impl Config {
             }
             if peer.domains.is_empty() {
                 bad(at("domains"), "at least one MMSE domain is needed".into());
+            }
+            for (key, file) in [
+                ("tls_ca", &peer.tls_ca),
+                ("client_cert", &peer.client_cert),
+                ("client_key", &peer.client_key),
+            ] {
+                if let Some(f) = file.as_ref().filter(|f| !f.is_file()) {
+                    bad(at(key), format!("{} is not a readable file", f.display()));
+                }
+            }
+            match (&peer.client_cert, &peer.client_key) {
+                (Some(_), None) => bad(
+                    at("client_key"),
+                    "client_cert is set but client_key is not".into(),
+                ),
+                (None, Some(_)) => bad(
+                    at("client_cert"),
+                    "client_key is set but client_cert is not".into(),
+                ),
+                _ => {}
+            }
+            for (j, pin) in peer.tls_pin.iter().enumerate() {
+                if let Err(e) = pin.parse::<crate::peer_tls::Pin>() {
+                    bad(format!("peer[{i}].tls_pin[{j}]"), e);
+                }
+            }
+            let verifies = peer.tls_ca.is_some() || !peer.tls_pin.is_empty();
+            if verifies && peer.tls == TlsPolicy::None {
+                bad(
+                    at("tls"),
+                    "tls_ca or tls_pin is set: tls must not be \"none\"".into(),
+                );
             }
             for (j, d) in peer.domains.iter().enumerate() {
                 if d.parse::<Domain>().is_err() {

@@ -12,6 +12,7 @@ pub mod keys;
 pub mod metrics;
 pub mod originate;
 pub mod outbound;
+pub mod peer_tls;
 pub mod profile;
 pub mod records;
 pub mod routing;

@@ -13,6 +13,23 @@ use mm4::{Address, Domain, E164};
 use crate::directory::Directory;
 use crate::dns::{Dns, DnsError};
 
+/// A next hop: the host we were told to use (a configured host or an MX target: the name a
+/// peer's certificate is checked against) and one of its addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hop {
+    pub host: String,
+    pub addr: SocketAddr,
+}
+
+impl Hop {
+    pub fn new(host: &str, addr: SocketAddr) -> Hop {
+        Hop {
+            host: host.to_string(),
+            addr,
+        }
+    }
+}
+
 /// Where a recipient goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -114,11 +131,7 @@ impl Router {
 
     /// The next hops of a peer, in order: its hosts, else the MX of `domain` by preference
     /// (then the domain's own address records).
-    pub async fn next_hops(
-        &self,
-        peer: usize,
-        domain: &Domain,
-    ) -> Result<Vec<SocketAddr>, DnsError> {
+    pub async fn next_hops(&self, peer: usize, domain: &Domain) -> Result<Vec<Hop>, DnsError> {
         let p = &self.dir.peers[peer];
         let mut out = Vec::new();
         if !p.cfg.hosts.is_empty() {
@@ -129,7 +142,7 @@ impl Router {
                 let host = host.trim_start_matches('[').trim_end_matches(']');
                 let port: u16 = port.parse().unwrap_or(25);
                 for ip in self.dns.ips(host).await? {
-                    out.push(SocketAddr::new(ip, port));
+                    out.push(Hop::new(host, SocketAddr::new(ip, port)));
                 }
             }
             return Ok(out);
@@ -142,7 +155,10 @@ impl Router {
         };
         for t in targets {
             for ip in self.dns.ips(&t).await? {
-                out.push(SocketAddr::new(ip, self.mx_port));
+                out.push(Hop::new(
+                    t.trim_end_matches('.'),
+                    SocketAddr::new(ip, self.mx_port),
+                ));
             }
         }
         Ok(out)

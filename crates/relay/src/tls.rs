@@ -1,7 +1,10 @@
-//! TLS for the SMTP listener: the certificate and key from the configuration.
+//! TLS for the SMTP listeners (STARTTLS and implicit TLS): the certificate and key from the
+//! configuration; and reading PEM files for every TLS use.
 
 use std::path::Path;
 use std::sync::Arc;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -16,36 +19,46 @@ pub enum TlsError {
     Rustls(String),
 }
 
-/// A rustls server configuration from PEM files (the ring provider, explicitly).
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let read = |p: &Path| {
-        std::fs::read(p).map_err(|e| TlsError::Read {
-            path: p.display().to_string(),
-            reason: e.to_string(),
-        })
-    };
-    let cert_pem = read(cert)?;
-    let key_pem = read(key)?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut &cert_pem[..])
+fn read(p: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(p).map_err(|e| TlsError::Read {
+        path: p.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// The certificates of a PEM file (at least one).
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut &pem[..])
         .filter_map(Result::ok)
         .collect();
     if certs.is_empty() {
         return Err(TlsError::NoCertificate {
-            path: cert.display().to_string(),
+            path: path.display().to_string(),
         });
     }
-    let key = rustls_pemfile::private_key(&mut &key_pem[..])
+    Ok(certs)
+}
+
+/// The private key of a PEM file.
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(path)?;
+    rustls_pemfile::private_key(&mut &pem[..])
         .ok()
         .flatten()
         .ok_or_else(|| TlsError::NoKey {
-            path: key.display().to_string(),
-        })?;
+            path: path.display().to_string(),
+        })
+}
+
+/// A rustls server configuration from PEM files (the ring provider, explicitly).
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Rustls(e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
+        .with_single_cert(read_certs(cert)?, read_key(key)?)
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
     Ok(Arc::new(cfg))
 }

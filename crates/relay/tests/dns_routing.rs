@@ -104,13 +104,19 @@ async fn enum_and_mx_through_a_real_dns_server() {
     let hops = r
         .next_hops(b, &"mms.mnc002.mcc262.gprs".parse().unwrap())
         .await
-        .unwrap();
+        .unwrap()
+        .into_iter()
+        .map(|h| h.addr)
+        .collect::<Vec<_>>();
     assert_eq!(hops, vec!["127.0.0.2:2525".parse().unwrap()]);
     let c = r.dir.peer_by_name("c").unwrap();
     let hops = r
         .next_hops(c, &"mms.mnc007.mcc262.gprs".parse().unwrap())
         .await
-        .unwrap();
+        .unwrap()
+        .into_iter()
+        .map(|h| h.addr)
+        .collect::<Vec<_>>();
     assert_eq!(
         hops,
         vec![

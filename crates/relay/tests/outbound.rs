@@ -122,6 +122,11 @@ async fn engine_with(peers: &[PeerSpec<'_>], o: Opts) -> Engine {
             max_in_flight: o.max_in_flight,
             max_in_flight_per_peer: o.max_in_flight_per_peer,
             pool_idle: o.pool_idle,
+            peer_tls: cfg
+                .peers
+                .iter()
+                .map(|p| (p.name.clone(), relay::peer_tls::peer_tls(p).unwrap()))
+                .collect(),
         },
     );
     let (stop, rx) = tokio::sync::watch::channel(false);

@@ -48,6 +48,8 @@ pub enum TlsMode {
     Opportunistic,
     /// Always; a server that does not offer it is never sent a message in plaintext.
     Required,
+    /// TLS from the first byte (a dedicated port); no STARTTLS.
+    Implicit,
 }
 
 #[derive(Clone)]
@@ -82,6 +84,21 @@ pub enum SessionError {
     TlsNotOffered,
     #[error("STARTTLS failed: {0}")]
     Tls(String),
+    /// The server's certificate did not verify (nothing was sent).
+    #[error("certificate: {0}")]
+    Certificate(String),
+}
+
+/// A failed TLS handshake: a certificate that does not verify says so; anything else is a TLS
+/// failure.
+fn handshake_error(e: std::io::Error) -> SessionError {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidCertificate(c)) => SessionError::Certificate(match c {
+            rustls::CertificateError::Other(o) => o.to_string(),
+            other => format!("{other:?}"),
+        }),
+        _ => SessionError::Tls(e.to_string()),
+    }
 }
 
 impl SessionError {
@@ -92,6 +109,14 @@ impl SessionError {
             _ => None,
         }
     }
+}
+
+/// The name the server's certificate is checked against and sent as SNI (an IP address as
+/// such; anything unusable as a name checks against a name nothing carries).
+fn server_name(cfg: &ClientConfig) -> rustls::pki_types::ServerName<'static> {
+    rustls::pki_types::ServerName::try_from(cfg.tls_server_name.clone()).unwrap_or_else(|_| {
+        rustls::pki_types::ServerName::try_from("mmsc.invalid").expect("literal")
+    })
 }
 
 /// One open SMTP connection, ready for transactions.
@@ -270,6 +295,16 @@ impl Connection {
             }
         };
         let _ = tcp.set_nodelay(true);
+        if cfg.tls == TlsMode::Implicit {
+            let tls = timeout(
+                cfg.timeouts.greeting,
+                cfg.connector.connect(server_name(cfg), tcp),
+            )
+            .await
+            .map_err(|_| SessionError::Timeout("TLS handshake"))?
+            .map_err(handshake_error)?;
+            return Self::handshake(Box::new(tls), addr, cfg).await;
+        }
         Self::handshake(Box::new(tcp), addr, cfg).await
     }
 
@@ -293,8 +328,13 @@ impl Connection {
             return Err(SessionError::Refused(g));
         }
         c.ehlo(&cfg.helo).await?;
-        if cfg.tls == TlsMode::None {
-            return Ok(c);
+        match cfg.tls {
+            TlsMode::None => return Ok(c),
+            TlsMode::Implicit => {
+                c.tls = true;
+                return Ok(c);
+            }
+            TlsMode::Opportunistic | TlsMode::Required => {}
         }
         if !c.caps.starttls {
             if cfg.tls == TlsMode::Required {
@@ -314,15 +354,11 @@ impl Connection {
         }
         // Anything the server sent after its 220 was sent in plaintext: never read it.
         c.reader.discard();
-        let name = rustls::pki_types::ServerName::try_from(cfg.tls_server_name.clone())
-            .unwrap_or_else(|_| {
-                rustls::pki_types::ServerName::try_from("mmsc.invalid").expect("literal")
-            });
         let plain = std::mem::replace(&mut c.stream, Box::new(empty::EmptyDuplex));
-        let tls = timeout(t, cfg.connector.connect(name, plain))
+        let tls = timeout(t, cfg.connector.connect(server_name(cfg), plain))
             .await
             .map_err(|_| SessionError::Timeout("TLS handshake"))?
-            .map_err(|e| SessionError::Tls(e.to_string()))?;
+            .map_err(handshake_error)?;
         c.stream = Box::new(tls);
         c.tls = true;
         c.ehlo(&cfg.helo).await?;

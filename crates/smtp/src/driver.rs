@@ -34,6 +34,9 @@ pub struct DriverConfig {
     /// Longest time for the data of one message.
     pub data_timeout: Duration,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// TLS from the first byte (an implicit-TLS listener): the handshake comes before the
+    /// greeting, and STARTTLS is not offered.
+    pub implicit_tls: bool,
 }
 
 impl Default for DriverConfig {
@@ -42,6 +45,7 @@ impl Default for DriverConfig {
             idle_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
             tls: None,
+            implicit_tls: false,
         }
     }
 }
@@ -243,13 +247,23 @@ pub async fn serve<H: MessageHandler>(
         let session = Session::new(
             server.clone(),
             policy.clone(),
-            PeerInfo { addr, tls: false },
+            PeerInfo {
+                addr,
+                tls: driver.implicit_tls,
+            },
         );
         let (driver, handler, rx) = (driver.clone(), handler.clone(), shutdown.clone());
         tasks.spawn(async move {
             let _slot = slot;
             let _source = source;
-            if let Err(e) = run_session(Box::new(tcp), session, &driver, &*handler, rx).await {
+            let stream = match open_stream(tcp, &driver).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::info!(%addr, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            if let Err(e) = run_session(stream, session, &driver, &*handler, rx).await {
                 tracing::debug!(%addr, error = %e, "session ended with an error");
             }
         });
@@ -257,6 +271,24 @@ pub async fn serve<H: MessageHandler>(
     drop(listener);
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// The stream a session runs on: the connection itself, or (implicit TLS) the TLS session
+/// negotiated on it first, within the idle timeout.
+async fn open_stream(
+    tcp: tokio::net::TcpStream,
+    driver: &DriverConfig,
+) -> io::Result<Box<dyn Stream>> {
+    if !driver.implicit_tls {
+        return Ok(Box::new(tcp));
+    }
+    let Some(acceptor) = driver.tls.clone() else {
+        return Err(io::Error::other("implicit TLS without a TLS configuration"));
+    };
+    let tls = timeout(driver.idle_timeout, acceptor.accept(tcp))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+    Ok(Box::new(tls))
 }
 
 /// IPv4-mapped IPv6 addresses compare as IPv4 against allow lists.

@@ -54,6 +54,9 @@ pub struct OutboundConfig {
     pub max_in_flight_per_peer: usize,
     /// An idle pooled connection older than this is closed rather than reused.
     pub pool_idle: Duration,
+    /// TLS towards each peer by name (verification, client certificate); a peer without an
+    /// entry uses `client.connector` (encryption without authentication).
+    pub peer_tls: HashMap<String, crate::peer_tls::PeerTls>,
 }
 
 impl OutboundConfig {

@@ -1,8 +1,6 @@
 //! One SMTP transaction for a group: route (when the peer is not known yet), render for the
 //! peer, check the bilateral size limit, then try the peer's next hops in order.
 
-use std::net::SocketAddr;
-
 use mm4::{Domain, RequestStatus};
 use smtp::client::{OutEnvelope, OutRcpt, PlanError};
 use smtp::client_driver::{Connection, SessionError};
@@ -15,7 +13,7 @@ use super::render::{render, Rendered};
 use super::{Outbound, SeenCapabilities};
 use crate::directory::Peer;
 use crate::records::StoredMessage;
-use crate::routing::Route;
+use crate::routing::{Hop, Route};
 
 /// One result per recipient of the group, in order: the attempt, the peer it went to, and
 /// whether it now waits for a RES.
@@ -121,7 +119,7 @@ impl Outbound {
         let mut last = Attempt::Retry {
             evidence: "no next hop answered".into(),
         };
-        for hop in hops {
+        for hop in &hops {
             match self.send_via(peer, hop, &env, &rendered.bytes).await {
                 Ok(results) => {
                     return results
@@ -141,7 +139,7 @@ impl Outbound {
                 }
                 Err(a @ Attempt::Fail { .. }) => return with_peer(a),
                 Err(a) => {
-                    tracing::info!(peer = %peer.cfg.name, %hop, attempt = ?a, "next hop failed");
+                    tracing::info!(peer = %peer.cfg.name, hop = %hop.addr, attempt = ?a, "next hop failed");
                     last = a;
                 }
             }
@@ -203,12 +201,12 @@ impl Outbound {
     async fn send_via(
         &self,
         peer: &Peer,
-        hop: SocketAddr,
+        hop: &Hop,
         env: &OutEnvelope,
         bytes: &[u8],
     ) -> Result<Vec<Attempt>, Attempt> {
         let name = &peer.cfg.name;
-        let (pooled, stale) = self.pool.take(name, hop, self.clock.now_ms());
+        let (pooled, stale) = self.pool.take(name, hop.addr, self.clock.now_ms());
         for h in stale {
             self.close(h).await;
         }
@@ -217,13 +215,13 @@ impl Outbound {
                 // The peer dropped an idle connection between our check and our command:
                 // nothing was accepted, so a new connection carries the transaction now.
                 Err(Attempt::Retry { evidence }) => {
-                    tracing::debug!(peer = %name, %hop, %evidence, "pooled connection failed; reconnecting")
+                    tracing::debug!(peer = %name, hop = %hop.addr, %evidence, "pooled connection failed; reconnecting")
                 }
                 other => return other,
             }
         }
         let slot = self.slot(peer).await?;
-        let conn = match self.connect(name, hop, peer.cfg.tls).await {
+        let conn = match self.connect(peer, hop).await {
             Ok(c) => c,
             Err(e) => {
                 self.release_slot(&slot).await;
@@ -345,25 +343,37 @@ impl Outbound {
         caps.get(peer).cloned()
     }
 
-    async fn connect(
-        &self,
-        peer: &str,
-        hop: SocketAddr,
-        tls: crate::config::TlsPolicy,
-    ) -> Result<Connection, SessionError> {
+    /// The client settings for one connection to `peer` at `hop`: its TLS policy (never
+    /// opportunistic when its certificate is checked: a peer that cannot prove who it is gets
+    /// nothing, not plaintext), its connector, and the name to check.
+    fn client_for(&self, peer: &Peer, hop: &Hop) -> smtp::client_driver::ClientConfig {
+        use crate::config::TlsPolicy;
+        use smtp::client_driver::TlsMode;
         let mut cfg = self.cfg.client.clone();
-        cfg.tls = match tls {
-            crate::config::TlsPolicy::None => smtp::client_driver::TlsMode::None,
-            crate::config::TlsPolicy::Opportunistic => smtp::client_driver::TlsMode::Opportunistic,
-            crate::config::TlsPolicy::Required => smtp::client_driver::TlsMode::Required,
+        let tls = self.cfg.peer_tls.get(&peer.cfg.name);
+        let verifies = tls.is_some_and(|t| t.verifies);
+        cfg.tls = match peer.cfg.tls {
+            TlsPolicy::None => TlsMode::None,
+            TlsPolicy::Opportunistic if !verifies => TlsMode::Opportunistic,
+            TlsPolicy::Opportunistic | TlsPolicy::Required => TlsMode::Required,
+            TlsPolicy::Implicit => TlsMode::Implicit,
         };
-        let c = Connection::open(hop, &cfg).await?;
+        if let Some(t) = tls {
+            cfg.connector = t.connector.clone();
+            cfg.tls_server_name = t.server_name.clone().unwrap_or_else(|| hop.host.clone());
+        }
+        cfg
+    }
+
+    async fn connect(&self, peer: &Peer, hop: &Hop) -> Result<Connection, SessionError> {
+        let cfg = self.client_for(peer, hop);
+        let c = Connection::open(hop.addr, &cfg).await?;
         let mut caps = self.capabilities.lock().unwrap_or_else(|e| e.into_inner());
         caps.insert(
-            peer.to_string(),
+            peer.cfg.name.clone(),
             SeenCapabilities {
                 at: self.clock.now_ms(),
-                host: hop,
+                host: hop.addr,
                 caps: c.caps.clone(),
                 tls: c.tls,
             },

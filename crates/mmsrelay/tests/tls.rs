@@ -1,0 +1,307 @@
+//! TLS between operators that authenticates: operator A's relay delivers to operator B's relay
+//! (both real binaries, real sockets) over STARTTLS or implicit TLS, checking B's certificate
+//! against a CA or a public-key pin — certificates from private CAs made here with rcgen.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use common::*;
+use serde_json::{json, Value};
+use testbed::{free_port, TempDir};
+
+const B_DOMAIN: &str = "mms.mnc002.mcc262.gprs";
+
+/// A private CA, and what it signed.
+struct Ca {
+    key: rcgen::KeyPair,
+    params: rcgen::CertificateParams,
+    pem: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let pem = params.self_signed(&key).unwrap().pem();
+        Ca { key, params, pem }
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses) and its key, as PEM.
+    fn issue(&self, names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+/// The `sha256/…` pin of a PEM certificate's public key.
+fn pin_of(cert_pem: &str) -> String {
+    let der = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    relay::peer_tls::Pin::of(&der).unwrap().to_string()
+}
+
+struct Op {
+    _dir: TempDir,
+    _relay: Relay,
+    api: String,
+}
+
+/// Operator B (+49172): its certificate, STARTTLS on `smtp`, implicit TLS on `smtps`.
+fn operator_b(dir: TempDir, smtp: SocketAddr, smtps: SocketAddr, cert: &str, key: &str) -> Op {
+    let api = free_port("127.0.0.1");
+    let cfg = format!(
+        r#"
+[mmse]
+domain = "{B_DOMAIN}"
+local_prefixes = ["+49172"]
+[smtp]
+listen = ["{smtp}"]
+listen_tls = ["{smtps}"]
+tls_cert = "{cert}"
+tls_key = "{key}"
+[api]
+listen = "127.0.0.1:{api}"
+[dns]
+servers = ["127.0.0.1:9"]
+enum_suffixes = []
+[store]
+path = "{store}"
+[[peer]]
+name = "operator-a"
+domains = ["{DOMAIN}"]
+prefixes = ["+1555"]
+hosts = ["127.0.0.1:9"]
+tls = "none"
+allow = ["127.0.0.1/32"]
+"#,
+        store = dir.0.join("data").display()
+    );
+    let relay = Relay::start(&dir.0, &cfg, smtp);
+    Op {
+        _dir: dir,
+        _relay: relay,
+        api: format!("http://127.0.0.1:{api}"),
+    }
+}
+
+/// Operator A (+1555), sending to B at `host` with these `[[peer]]` TLS lines.
+fn operator_a(dir: TempDir, host: &str, tls: &str) -> Op {
+    let smtp: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
+        .parse()
+        .unwrap();
+    let api = free_port("127.0.0.1");
+    let cfg = format!(
+        r#"
+[mmse]
+domain = "{DOMAIN}"
+local_prefixes = ["+1555"]
+[smtp]
+listen = ["{smtp}"]
+[api]
+listen = "127.0.0.1:{api}"
+[dns]
+servers = ["127.0.0.1:9"]
+enum_suffixes = []
+[store]
+path = "{store}"
+[queue]
+retry_initial = "1s"
+retry_max = "1s"
+[[peer]]
+name = "operator-b"
+domains = ["{B_DOMAIN}"]
+prefixes = ["+49172"]
+hosts = ["{host}"]
+{tls}
+"#,
+        store = dir.0.join("data").display()
+    );
+    let relay = Relay::start(&dir.0, &cfg, smtp);
+    Op {
+        _dir: dir,
+        _relay: relay,
+        api: format!("http://127.0.0.1:{api}"),
+    }
+}
+
+fn submit(a: &Op, to: &str) -> String {
+    let body = json!({
+        "from": "+15550000001", "to": [to],
+        "parts": [{"content_type": "text/plain", "text": "hi"}],
+    });
+    let (code, v) = http("POST", &a.api, "/v1/messages", Some(&body.to_string()));
+    assert_eq!(code, 202, "{v}");
+    v["id"].as_str().unwrap().to_string()
+}
+
+/// What the recipient's timeline says so far.
+fn events(v: &Value) -> String {
+    v["recipients"][0]["events"].to_string()
+}
+
+/// One world: CA "good" vouches for B's certificate (for 127.0.0.1 and mmsc.b.test); CA "other"
+/// does not.
+struct World {
+    dir: TempDir,
+    good_ca: String,
+    other_ca: String,
+    b_cert_pem: String,
+    b: Op,
+    smtp: SocketAddr,
+    smtps: SocketAddr,
+}
+
+fn world(tag: &str) -> World {
+    let dir = TempDir::new(tag);
+    let good = Ca::new("good CA");
+    let other = Ca::new("other CA");
+    let (cert, key) = good.issue(&["127.0.0.1", "mmsc.b.test"]);
+    let good_ca = write(&dir.0, "good-ca.pem", &good.pem);
+    let other_ca = write(&dir.0, "other-ca.pem", &other.pem);
+    let cert_path = write(&dir.0, "b-cert.pem", &cert);
+    let key_path = write(&dir.0, "b-key.pem", &key);
+    let smtp: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
+        .parse()
+        .unwrap();
+    let smtps: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
+        .parse()
+        .unwrap();
+    let b = operator_b(
+        TempDir::new(&format!("{tag}-b")),
+        smtp,
+        smtps,
+        &cert_path,
+        &key_path,
+    );
+    World {
+        dir,
+        good_ca,
+        other_ca,
+        b_cert_pem: cert,
+        b,
+        smtp,
+        smtps,
+    }
+}
+
+fn mailbox_len(b: &Op, number: &str) -> usize {
+    let (_, v) = http("GET", &b.api, &format!("/v1/mailbox/{number}"), None);
+    v.as_array().map_or(0, Vec::len)
+}
+
+#[test]
+fn delivery_over_starttls_verified_against_the_peers_ca() {
+    let w = world("tls-ok");
+    let a = operator_a(
+        TempDir::new("tls-ok-a"),
+        &w.smtp.to_string(),
+        &format!("tls = \"required\"\ntls_ca = \"{}\"", w.good_ca),
+    );
+    let id = submit(&a, "+491721000001");
+    wait_message(&a.api, &id, |v| {
+        v["recipients"][0]["state"] == "acknowledged"
+    });
+    assert_eq!(mailbox_len(&w.b, "+491721000001"), 1);
+    let (_, peers) = http("GET", &a.api, "/v1/peers", None);
+    assert_eq!(peers[0]["ehlo"]["tls"], true, "{peers:#}");
+    let _ = &w.dir;
+}
+
+#[test]
+fn a_certificate_from_another_ca_sends_nothing_and_says_why() {
+    let w = world("tls-ca");
+    // Opportunistic, but with a CA: never plaintext instead.
+    let a = operator_a(
+        TempDir::new("tls-ca-a"),
+        &w.smtp.to_string(),
+        &format!("tls_ca = \"{}\"", w.other_ca),
+    );
+    let id = submit(&a, "+491721000002");
+    let v = wait_message(&a.api, &id, |v| events(v).contains("certificate"));
+    assert_ne!(v["recipients"][0]["state"], "acknowledged", "{v:#}");
+    assert!(events(&v).contains("UnknownIssuer"), "{v:#}");
+    assert_eq!(mailbox_len(&w.b, "+491721000002"), 0, "nothing sent");
+}
+
+#[test]
+fn the_name_checked_is_the_configured_one() {
+    let w = world("tls-name");
+    let a = operator_a(
+        TempDir::new("tls-name-a"),
+        &w.smtp.to_string(),
+        &format!(
+            "tls = \"required\"\ntls_ca = \"{}\"\ntls_server_name = \"mmsc.c.test\"",
+            w.good_ca
+        ),
+    );
+    let id = submit(&a, "+491721000003");
+    let v = wait_message(&a.api, &id, |v| events(v).contains("certificate"));
+    assert!(events(&v).contains("NotValidForName"), "{v:#}");
+    assert_eq!(mailbox_len(&w.b, "+491721000003"), 0, "nothing sent");
+}
+
+#[test]
+fn a_public_key_pin_accepts_its_key_only() {
+    let w = world("tls-pin");
+    let right = pin_of(&w.b_cert_pem);
+    let (someone_else, _) = Ca::new("x").issue(&["127.0.0.1"]);
+    let wrong = pin_of(&someone_else);
+    // The pin alone: B's certificate is not checked against any CA.
+    let a = operator_a(
+        TempDir::new("tls-pin-a"),
+        &w.smtp.to_string(),
+        &format!("tls = \"required\"\ntls_pin = [\"{wrong}\"]"),
+    );
+    let id = submit(&a, "+491721000004");
+    let v = wait_message(&a.api, &id, |v| events(v).contains("certificate"));
+    assert!(events(&v).contains("matches no tls_pin"), "{v:#}");
+    assert_eq!(mailbox_len(&w.b, "+491721000004"), 0, "nothing sent");
+    let a = operator_a(
+        TempDir::new("tls-pin-a2"),
+        &w.smtp.to_string(),
+        &format!("tls = \"required\"\ntls_pin = [\"{wrong}\", \"{right}\"]"),
+    );
+    let id = submit(&a, "+491721000005");
+    wait_message(&a.api, &id, |v| {
+        v["recipients"][0]["state"] == "acknowledged"
+    });
+}
+
+#[test]
+fn implicit_tls_both_ways() {
+    let w = world("tls-implicit");
+    // Implicit TLS to B's TLS-only port, verified.
+    let a = operator_a(
+        TempDir::new("tls-implicit-a"),
+        &w.smtps.to_string(),
+        &format!("tls = \"implicit\"\ntls_ca = \"{}\"", w.good_ca),
+    );
+    let id = submit(&a, "+491721000006");
+    wait_message(&a.api, &id, |v| {
+        v["recipients"][0]["state"] == "acknowledged"
+    });
+    assert_eq!(mailbox_len(&w.b, "+491721000006"), 1);
+    // B's TLS port does not offer STARTTLS inside TLS; a plaintext client gets no greeting.
+    let mut plain = Client::connect(w.smtps);
+    plain.send(b"EHLO x\r\n");
+    assert!(!plain.reply().starts_with("220"));
+}
