@@ -189,6 +189,7 @@ pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(
         node: owner.clone(),
         lease: cfg.cluster.lease.0,
         batch: cfg.queue.event_batch,
+        abandoned: Default::default(),
     });
     let api = Arc::new(relay::api::Api {
         events: events.clone(),

@@ -1,5 +1,6 @@
 //! The MMS Relay/Server: configuration, who is who, the inbound pipeline.
 
+pub mod abandoned;
 pub mod api;
 pub mod cdr;
 pub mod clock;

@@ -103,6 +103,14 @@ impl Spool for Flaky {
     async fn renew(&self, owner: &str, now: u64, lease: Duration) -> Result<(), StoreError> {
         self.inner().renew(owner, now, lease).await
     }
+    async fn release(
+        &self,
+        claims: &[ClaimRef],
+        now: u64,
+        retry_after: Duration,
+    ) -> Result<(), StoreError> {
+        self.inner().release(claims, now, retry_after).await
+    }
     async fn claim_cdrs(
         &self,
         exporter: &str,
@@ -202,6 +210,7 @@ prefixes = ["+49172"]
         node: "n1".into(),
         lease: LEASE,
         batch: 10,
+        abandoned: Default::default(),
     };
     Setup {
         cdr_dir: dir.0.join("cdr"),
@@ -278,8 +287,9 @@ Content-Type: text/plain\r\n\r\nhello\r\n";
     id
 }
 
-/// One pass of the processor: claims what it may now and handles it.
+/// One pass of the processor: releases what it gave up, claims what it may now and handles it.
 async fn pass(s: &Setup) -> usize {
+    s.events.release_abandoned().await;
     let req = ClaimRequest {
         owner: "n1",
         now: s.clock.now_ms() as u64,
@@ -338,9 +348,9 @@ async fn a_read_error_leaves_the_event_to_be_handled_again() {
     s.store.fail_reads.store(1, Ordering::SeqCst);
     assert_eq!(pass(&s).await, 1);
     assert_eq!(res_queued(&s).await, 0, "nothing done on a failed read");
-    assert_eq!(pass(&s).await, 0, "still claimed: not handed out twice");
-    // The claim lapses; the event is there and handled now.
-    s.clock.advance(LEASE);
+    assert_eq!(pass(&s).await, 0, "not handed out again at once");
+    // The claim was given up; the event is there and handled again after the retry delay.
+    s.clock.advance(relay::abandoned::RETRY_AFTER);
     assert_eq!(pass(&s).await, 1, "the event was kept");
     assert_eq!(res_queued(&s).await, 1, "the RES is queued");
     s.clock.advance(LEASE);
@@ -600,4 +610,24 @@ async fn a_res_that_overtakes_the_senders_record_charges_the_req_once() {
     let r = s.store.commit(late).await.unwrap();
     assert_eq!(r, vec![OpResult::Conflict, OpResult::Conflict]);
     assert_eq!(cdr_lines(&s, "MMO4FRq").await, 1, "charged once");
+}
+
+#[tokio::test]
+async fn an_event_given_up_after_an_error_is_not_kept_alive_by_the_heartbeat() {
+    // Defect: an event abandoned after a store error kept its claim, and the node's heartbeat
+    // (which renews every claim the node holds) kept it for as long as the node ran.
+    let s = setup();
+    forward_received(&s).await;
+    s.store.fail_reads.store(1, Ordering::SeqCst);
+    assert_eq!(pass(&s).await, 1);
+    let mut handled = 0;
+    for _ in 0..10 {
+        // The heartbeat, as the scheduler makes it every third of the lease.
+        let now = s.clock.now_ms() as u64;
+        s.store.renew("n1", now, LEASE).await.unwrap();
+        s.clock.advance(LEASE / 3);
+        handled += pass(&s).await;
+    }
+    assert_eq!(handled, 1, "handled again despite the heartbeat");
+    assert_eq!(res_queued(&s).await, 1);
 }

@@ -212,6 +212,13 @@ pub struct ClaimedEvent {
     pub token: Token,
 }
 
+/// A claim its owner gives up without finishing it (a store error stopped the work).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimRef {
+    Recipient { id: MsgId, idx: u32, token: Token },
+    Event { id: MsgId, token: Token },
+}
+
 /// A charging record waiting to be written to a node's files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CdrRow {
@@ -347,6 +354,15 @@ pub trait Spool: Send + Sync {
     async fn claim_events(&self, req: &ClaimRequest<'_>) -> Result<Vec<ClaimedEvent>, StoreError>;
     /// Extends every claim `owner` holds to `now + lease` (the owner's heartbeat).
     async fn renew(&self, owner: &str, now: u64, lease: Duration) -> Result<(), StoreError>;
+    /// Ends claims their owner gave up (still under their token): the heartbeat no longer
+    /// keeps them, the old token finishes nothing, and the work is claimable again from
+    /// `now + retry_after`.
+    async fn release(
+        &self,
+        claims: &[ClaimRef],
+        now: u64,
+        retry_after: Duration,
+    ) -> Result<(), StoreError>;
     /// A named claim for a job that must run on one owner at a time (renewed by asking again
     /// before it expires); `None` while another owner holds it.
     async fn claim_job(

@@ -761,6 +761,25 @@ impl Spool for Embedded {
         Ok(rows)
     }
 
+    async fn release(
+        &self,
+        claims: &[ClaimRef],
+        now: u64,
+        retry_after: Duration,
+    ) -> Result<(), StoreError> {
+        let until = now.saturating_add(retry_after.as_millis() as u64);
+        let mut leases = self.shared.leases();
+        for c in claims {
+            match *c {
+                ClaimRef::Recipient { id, idx, token } => {
+                    leases.recipients.release(&(id, idx), token, until)
+                }
+                ClaimRef::Event { id, token } => leases.events.release(&id, token, until),
+            }
+        }
+        Ok(())
+    }
+
     async fn claim_job(
         &self,
         name: &str,

@@ -71,6 +71,18 @@ impl<K: Eq + Hash + Clone> Claims<K> {
         }
     }
 
+    /// The owner gave the claim up: nobody's heartbeat keeps it, no write finishes it (its
+    /// token is gone), and it is claimable from `until`.
+    pub fn release(&mut self, key: &K, token: Token, until: u64) {
+        if let Some(l) = self.held.get_mut(key) {
+            if l.token == token && !l.pinned {
+                l.owner = Arc::from("");
+                l.token = 0;
+                l.until = until;
+            }
+        }
+    }
+
     /// The commit failed: the claim stands as before (it expires as usual).
     pub fn unpin(&mut self, key: &K, token: Token) {
         if let Some(l) = self.held.get_mut(key) {

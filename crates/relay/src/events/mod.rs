@@ -51,6 +51,8 @@ pub struct Events {
     pub lease: Duration,
     /// Most events claimed at once.
     pub batch: usize,
+    /// Events given up after a store error, to be released.
+    pub abandoned: crate::abandoned::Abandoned,
 }
 
 /// Why an event was not handled.
@@ -134,6 +136,7 @@ impl Events {
                     tracing::error!(error = %e, "capability exchange not queued; will retry");
                 }
             }
+            self.release_abandoned().await;
             let req = ClaimRequest {
                 owner: &self.node,
                 now: self.now().max(0) as u64,
@@ -158,6 +161,21 @@ impl Events {
         }
     }
 
+    /// Gives up an event's claim (released now, else on the next pass): it is handled again
+    /// soon.
+    async fn abandon(&self, ev: &ClaimedEvent) {
+        self.abandoned.push([store::ClaimRef::Event {
+            id: ev.id,
+            token: ev.token,
+        }]);
+        self.release_abandoned().await;
+    }
+
+    /// Releases the events given up since the last pass.
+    pub async fn release_abandoned(&self) {
+        self.abandoned.release(&*self.store, self.now()).await;
+    }
+
     /// Handles one claimed event and commits its effects with its deletion.
     pub async fn process(&self, ev: ClaimedEvent) {
         let id = ev.id;
@@ -178,6 +196,7 @@ impl Events {
                 Ok(fx) => fx,
                 Err(e) => {
                     tracing::error!(id, error = %e, "event not handled; will retry");
+                    self.abandon(&ev).await;
                     return;
                 }
             };
@@ -190,6 +209,7 @@ impl Events {
                     Ok(cdrs) => ops.extend(cdrs),
                     Err(e) => {
                         tracing::error!(id, error = %e, "event not handled; will retry");
+                        self.abandon(&ev).await;
                         return;
                     }
                 }
@@ -208,6 +228,7 @@ impl Events {
                 Err(StoreError::Conflict) => continue,
                 Err(e) => {
                     tracing::error!(id, error = %e, "event not processed; will retry");
+                    self.abandon(&ev).await;
                     return;
                 }
             }

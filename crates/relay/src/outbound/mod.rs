@@ -93,6 +93,8 @@ pub struct Outbound {
     /// Charging records of the REQs we send (committed with their delivery state).
     pub cdr: Option<crate::cdr::Charging>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Claims given up after a store error, to be released.
+    abandoned: crate::abandoned::Abandoned,
 }
 
 impl Outbound {
@@ -137,6 +139,7 @@ impl Outbound {
             last_error: Mutex::new(HashMap::new()),
             cdr,
             metrics: Arc::new(crate::metrics::Metrics::default()),
+            abandoned: Default::default(),
         })
     }
 

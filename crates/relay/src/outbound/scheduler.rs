@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use store::{ClaimRequest, Claimed, StoreError};
+use store::{ClaimRef, ClaimRequest, Claimed, Guard, StoreError};
 use tokio::sync::watch;
 
 use super::delivery::{Group, Member};
@@ -55,6 +55,7 @@ impl Outbound {
             for h in self.pool.expired(now) {
                 self.close(h).await;
             }
+            self.abandoned.release(&*self.store, now).await;
             let next = match self.dispatch(&mut tasks).await {
                 Ok(n) => n,
                 Err(e) => {
@@ -150,9 +151,24 @@ impl Outbound {
         tasks.spawn(async move {
             let _guard = guard;
             let id = g.id;
+            let claims: Vec<ClaimRef> = g
+                .members
+                .iter()
+                .filter_map(|m| match m.guard {
+                    Guard::Lease { token, .. } => Some(ClaimRef::Recipient {
+                        id,
+                        idx: m.idx,
+                        token,
+                    }),
+                    _ => None,
+                })
+                .collect();
             if let Err(e) = me.deliver(g).await {
-                // The claim lapses and the work is due again.
+                // Given up: released now (else on the next pass), the work is due again (claims
+                // this task finished before the error are not touched: their tokens are spent).
                 tracing::error!(error = %e, id, "delivery: store error");
+                me.abandoned.push(claims);
+                me.abandoned.release(&*me.store, me.clock.now_ms()).await;
             }
         });
     }

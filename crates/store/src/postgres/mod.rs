@@ -359,6 +359,37 @@ impl Spool for Postgres {
         Ok(())
     }
 
+    async fn release(
+        &self,
+        claims: &[ClaimRef],
+        now: u64,
+        retry_after: Duration,
+    ) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        let until = now.saturating_add(retry_after.as_millis() as u64) as i64;
+        for claim in claims {
+            match *claim {
+                ClaimRef::Recipient { id, idx, token } => q_exec(
+                    &c,
+                    "UPDATE recipients SET lease_owner = '', lease_until = $4, lease_token = NULL \
+                     WHERE id = $1 AND idx = $2 AND lease_token = $3",
+                    &[&(id as i64), &(idx as i32), &(token as i64), &until],
+                )
+                .await
+                .map_err(db)?,
+                ClaimRef::Event { id, token } => q_exec(
+                    &c,
+                    "UPDATE events SET lease_owner = '', lease_until = $3, lease_token = NULL \
+                     WHERE id = $1 AND lease_token = $2",
+                    &[&(id as i64), &(token as i64), &until],
+                )
+                .await
+                .map_err(db)?,
+            };
+        }
+        Ok(())
+    }
+
     async fn claim_slot(
         &self,
         peer: &str,

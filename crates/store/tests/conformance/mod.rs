@@ -97,13 +97,14 @@ pub async fn run_all(b: &impl Backend) {
     charging_records_have_one_exporter_and_are_finished_once(b).await;
     a_charging_record_can_depend_on_the_write_it_charges(b).await;
     ids_are_never_handed_out_twice_across_a_reopening(b).await;
+    a_released_claim_is_not_kept_by_the_heartbeat(b).await;
 }
 
 /// One test per check of the battery for a backend: `battery!(|| backend);`.
 #[macro_export]
 macro_rules! battery {
     ($backend:expr) => {
-        $crate::battery!(@each $backend; commit_is_atomic_and_survives_reopening, the_store_moves_the_due_entry_and_counts_queues, compare_and_set_by_version, claims_follow_due_order_per_queue_and_exclude_each_other, a_finished_claim_is_not_handed_out_again, an_expired_claim_is_taken_over_and_the_late_owner_is_refused, a_write_by_someone_else_ends_the_claim, renewing_keeps_a_claim, events_are_claimed_and_deleted_by_their_owner_only, all_or_nothing_applies_nothing_on_a_conflict, dedupe_files_once, named_jobs_have_one_owner, concurrent_claimers_never_share_work, concurrent_commits_share_syncs, nodes_report_heartbeats_and_claims, a_restarted_node_does_not_keep_its_old_claims, connection_slots_are_counted_across_owners, charging_records_have_one_exporter_and_are_finished_once, a_charging_record_can_depend_on_the_write_it_charges, ids_are_never_handed_out_twice_across_a_reopening);
+        $crate::battery!(@each $backend; commit_is_atomic_and_survives_reopening, the_store_moves_the_due_entry_and_counts_queues, compare_and_set_by_version, claims_follow_due_order_per_queue_and_exclude_each_other, a_finished_claim_is_not_handed_out_again, an_expired_claim_is_taken_over_and_the_late_owner_is_refused, a_write_by_someone_else_ends_the_claim, renewing_keeps_a_claim, events_are_claimed_and_deleted_by_their_owner_only, all_or_nothing_applies_nothing_on_a_conflict, dedupe_files_once, named_jobs_have_one_owner, concurrent_claimers_never_share_work, concurrent_commits_share_syncs, nodes_report_heartbeats_and_claims, a_restarted_node_does_not_keep_its_old_claims, connection_slots_are_counted_across_owners, charging_records_have_one_exporter_and_are_finished_once, a_charging_record_can_depend_on_the_write_it_charges, ids_are_never_handed_out_twice_across_a_reopening, a_released_claim_is_not_kept_by_the_heartbeat);
     };
     (@each $backend:expr; $($name:ident),*) => {
         $(
@@ -810,4 +811,50 @@ pub async fn ids_are_never_handed_out_twice_across_a_reopening(b: &impl Backend)
     let s = b.reopen(s).await;
     let next = s.next_id().await.unwrap();
     assert!(next > cdr, "{next} <= {cdr}");
+}
+
+pub async fn a_released_claim_is_not_kept_by_the_heartbeat(b: &impl Backend) {
+    // Defect: work abandoned after a store error kept its claim, and the owner's heartbeat
+    // renewed it for ever: nobody did it again until the owner restarted.
+    let (s, id) = one_due(b, "queued", 1000).await;
+    let c = claim_one(&*s, "n1", 1000).await;
+    s.commit(vec![Op::PutEvent {
+        id,
+        event: b"e".to_vec(),
+    }])
+    .await
+    .unwrap();
+    let ev = s.claim_events(&req("n1", 1000, 10)).await.unwrap();
+    assert_eq!(ev.len(), 1);
+    let retry = Duration::from_secs(1);
+    let given_up = [
+        ClaimRef::Recipient {
+            id,
+            idx: 0,
+            token: c.token,
+        },
+        ClaimRef::Event {
+            id,
+            token: ev[0].token,
+        },
+    ];
+    s.release(&given_up, 1000, retry).await.unwrap();
+    // The heartbeat goes on; the released work is not its owner's any more.
+    s.renew("n1", 1500, LEASE).await.unwrap();
+    assert!(s
+        .claim_due("b", &req("n2", 1500, 10))
+        .await
+        .unwrap()
+        .is_empty());
+    let again = s.claim_due("b", &req("n2", 2000, 10)).await.unwrap();
+    assert_eq!(again.len(), 1, "claimable after retry_after");
+    assert_eq!(s.claim_events(&req("n2", 2000, 10)).await.unwrap().len(), 1);
+    // The old token finishes nothing.
+    let late = set(id, 0, "late", None, c.guard());
+    assert_eq!(one(&*s, late).await, OpResult::Conflict);
+    let stale = Op::DeleteEvent {
+        id,
+        token: Some(ev[0].token),
+    };
+    assert_eq!(one(&*s, stale).await, OpResult::Conflict);
 }
