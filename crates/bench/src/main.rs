@@ -163,6 +163,7 @@ pub async fn send(
         tls_server_name: "bench".into(),
         connector: unverified_connector(),
         source,
+        auth: None,
     };
     let start = Instant::now();
     let run = std::process::id();

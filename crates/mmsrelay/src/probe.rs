@@ -22,6 +22,7 @@ pub async fn probe(target: &str) -> Result<String, String> {
         tls_server_name: target.split(':').next().unwrap_or("").to_string(),
         connector: unverified_connector(),
         source: None,
+        auth: None,
     };
     let c = Connection::open(addr, &cfg)
         .await

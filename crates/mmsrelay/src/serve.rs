@@ -153,6 +153,7 @@ pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(
                 tls_server_name: "mmsc.peer.invalid".into(),
                 connector: smtp::client_driver::unverified_connector(),
                 source: cfg.smtp.source_address,
+                auth: None,
             },
             our_domain: domain.clone(),
             node: owner.clone(),

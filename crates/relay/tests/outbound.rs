@@ -115,6 +115,7 @@ async fn engine_with(peers: &[PeerSpec<'_>], o: Opts) -> Engine {
                 tls_server_name: "peer.test".into(),
                 connector: smtp::client_driver::unverified_connector(),
                 source: None,
+                auth: None,
             },
             our_domain: "mms.mnc001.mcc001.gprs".parse().unwrap(),
             node: "test".into(),

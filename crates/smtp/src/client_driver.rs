@@ -63,6 +63,34 @@ pub struct ClientConfig {
     /// The local address to connect from (peers' allow lists name it); the system's choice when
     /// `None`.
     pub source: Option<std::net::IpAddr>,
+    /// SMTP AUTH once TLS is up (never over plaintext).
+    pub auth: Option<Credentials>,
+}
+
+/// A secret that never shows in logs or debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+/// What we authenticate with (RFC 4954): PLAIN, or LOGIN when only that is offered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Secret,
 }
 
 /// Why a session with a server failed (every one of these is a reason to try again later).
@@ -87,6 +115,12 @@ pub enum SessionError {
     /// The server's certificate did not verify (nothing was sent).
     #[error("certificate: {0}")]
     Certificate(String),
+    /// AUTH could not be done (no TLS, no mechanism we speak).
+    #[error("AUTH: {0}")]
+    Auth(String),
+    /// The server refused our credentials.
+    #[error("AUTH refused: {0}")]
+    AuthRefused(Reply),
 }
 
 /// A failed TLS handshake: a certificate that does not verify says so; anything else is a TLS
@@ -328,41 +362,98 @@ impl Connection {
             return Err(SessionError::Refused(g));
         }
         c.ehlo(&cfg.helo).await?;
+        c.negotiate_tls(cfg).await?;
+        if let Some(creds) = &cfg.auth {
+            c.authenticate(creds).await?;
+        }
+        Ok(c)
+    }
+
+    /// STARTTLS per `cfg.tls` (implicit TLS is up already).
+    async fn negotiate_tls(&mut self, cfg: &ClientConfig) -> Result<(), SessionError> {
         match cfg.tls {
-            TlsMode::None => return Ok(c),
+            TlsMode::None => return Ok(()),
             TlsMode::Implicit => {
-                c.tls = true;
-                return Ok(c);
+                self.tls = true;
+                return Ok(());
             }
             TlsMode::Opportunistic | TlsMode::Required => {}
         }
-        if !c.caps.starttls {
+        if !self.caps.starttls {
             if cfg.tls == TlsMode::Required {
-                let _ = c.write(b"QUIT\r\n", Duration::from_secs(5)).await;
+                let _ = self.write(b"QUIT\r\n", Duration::from_secs(5)).await;
                 return Err(SessionError::TlsNotOffered);
             }
-            return Ok(c);
+            return Ok(());
         }
         let t = cfg.timeouts.command;
-        c.write(b"STARTTLS\r\n", t).await?;
-        let r = c.read_reply(t, "STARTTLS reply").await?;
+        self.write(b"STARTTLS\r\n", t).await?;
+        let r = self.read_reply(t, "STARTTLS reply").await?;
         if r.code != 220 {
             if cfg.tls == TlsMode::Required {
                 return Err(SessionError::Tls(format!("STARTTLS refused: {r}")));
             }
-            return Ok(c);
+            return Ok(());
         }
         // Anything the server sent after its 220 was sent in plaintext: never read it.
-        c.reader.discard();
-        let plain = std::mem::replace(&mut c.stream, Box::new(empty::EmptyDuplex));
+        self.reader.discard();
+        let plain = std::mem::replace(&mut self.stream, Box::new(empty::EmptyDuplex));
         let tls = timeout(t, cfg.connector.connect(server_name(cfg), plain))
             .await
             .map_err(|_| SessionError::Timeout("TLS handshake"))?
             .map_err(handshake_error)?;
-        c.stream = Box::new(tls);
-        c.tls = true;
-        c.ehlo(&cfg.helo).await?;
-        Ok(c)
+        self.stream = Box::new(tls);
+        self.tls = true;
+        self.ehlo(&cfg.helo).await
+    }
+
+    /// AUTH PLAIN, else LOGIN (RFC 4954) — only over TLS: a password never crosses in
+    /// plaintext, whatever the server offers.
+    async fn authenticate(&mut self, creds: &Credentials) -> Result<(), SessionError> {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        if !self.tls {
+            let _ = self.write(b"QUIT\r\n", Duration::from_secs(5)).await;
+            return Err(SessionError::Auth(
+                "the connection is not encrypted: credentials are never sent in plaintext".into(),
+            ));
+        }
+        let offers = |m: &str| self.caps.auth.iter().any(|a| a.eq_ignore_ascii_case(m));
+        let (plain, login) = (offers("PLAIN"), offers("LOGIN"));
+        let t = self.timeouts.command;
+        let pass = creds.password.expose();
+        let r = if plain {
+            let token = b64(&format!("\0{}\0{pass}", creds.username));
+            self.write(format!("AUTH PLAIN {token}\r\n").as_bytes(), t)
+                .await?;
+            self.read_reply(t, "AUTH reply").await?
+        } else if login {
+            self.write(b"AUTH LOGIN\r\n", t).await?;
+            let mut r = self.read_reply(t, "AUTH reply").await?;
+            for answer in [b64(&creds.username), b64(pass)] {
+                if r.code != 334 {
+                    break;
+                }
+                self.write(format!("{answer}\r\n").as_bytes(), t).await?;
+                r = self.read_reply(t, "AUTH reply").await?;
+            }
+            r
+        } else {
+            let offered = if self.caps.auth.is_empty() {
+                "none".to_string()
+            } else {
+                self.caps.auth.join(" ")
+            };
+            let _ = self.write(b"QUIT\r\n", Duration::from_secs(5)).await;
+            return Err(SessionError::Auth(format!(
+                "the server offers no AUTH PLAIN or LOGIN (offers: {offered})"
+            )));
+        };
+        if r.code != 235 {
+            let _ = self.write(b"QUIT\r\n", Duration::from_secs(5)).await;
+            return Err(SessionError::AuthRefused(r));
+        }
+        Ok(())
     }
 
     /// Whether another transaction may use this connection.

@@ -247,10 +247,7 @@ pub async fn serve<H: MessageHandler>(
         let session = Session::new(
             server.clone(),
             policy.clone(),
-            PeerInfo {
-                addr,
-                tls: driver.implicit_tls,
-            },
+            PeerInfo::new(addr, driver.implicit_tls),
         );
         let (driver, handler, rx) = (driver.clone(), handler.clone(), shutdown.clone());
         tasks.spawn(async move {

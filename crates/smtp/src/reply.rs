@@ -199,6 +199,35 @@ pub mod codes {
     pub fn bad_sequence(text: impl Into<String>) -> Reply {
         Reply::new(503, (5, 5, 1), text)
     }
+    pub fn auth_ok() -> Reply {
+        Reply::new(235, (2, 7, 0), "Authentication succeeded")
+    }
+    pub fn auth_needs_tls() -> Reply {
+        Reply::new(
+            538,
+            (5, 7, 11),
+            "Encryption required for requested authentication mechanism",
+        )
+    }
+    pub fn auth_failed() -> Reply {
+        Reply::new(535, (5, 7, 8), "Authentication credentials invalid")
+    }
+    pub fn auth_required() -> Reply {
+        Reply::new(530, (5, 7, 0), "Authentication required")
+    }
+    pub fn auth_bad_base64() -> Reply {
+        Reply::new(501, (5, 5, 2), "Invalid base64")
+    }
+    pub fn auth_cancelled() -> Reply {
+        Reply::new(501, (5, 0, 0), "Authentication cancelled")
+    }
+    pub fn auth_mechanism() -> Reply {
+        Reply::new(
+            504,
+            (5, 5, 4),
+            "Unrecognized authentication type: PLAIN or LOGIN",
+        )
+    }
     pub fn tls_already_active() -> Reply {
         Reply::new(554, (5, 5, 1), "TLS already active")
     }

@@ -36,6 +36,8 @@ pub struct ServerConfig {
     pub max_received: usize,
     /// STARTTLS is offered (a certificate is configured).
     pub tls_available: bool,
+    /// `AUTH PLAIN LOGIN` is offered once TLS is up (some peers must authenticate).
+    pub auth_available: bool,
     /// Versions advertised in `XMM4 V=…`; empty disables the XMM4 extension.
     pub xmm4_versions: Vec<String>,
 }
@@ -51,6 +53,7 @@ impl Default for ServerConfig {
             max_errors: 20,
             max_received: 50,
             tls_available: false,
+            auth_available: false,
             xmm4_versions: vec!["6.16.0".into(), "6.10.0".into(), "5.5.0".into()],
         }
     }
@@ -61,6 +64,18 @@ impl Default for ServerConfig {
 pub struct PeerInfo {
     pub addr: SocketAddr,
     pub tls: bool,
+    /// The identity it proved with AUTH (as the policy named it).
+    pub authenticated: Option<String>,
+}
+
+impl PeerInfo {
+    pub fn new(addr: SocketAddr, tls: bool) -> PeerInfo {
+        PeerInfo {
+            addr,
+            tls,
+            authenticated: None,
+        }
+    }
 }
 
 /// `BODY=` of MAIL FROM.
@@ -116,6 +131,10 @@ pub trait Policy: Send + Sync {
     fn check_mail(&self, peer: &PeerInfo, mail: &MailFrom) -> Result<(), Reply>;
     /// Before `250` to RCPT TO (local, system, transit or refused).
     fn check_rcpt(&self, peer: &PeerInfo, mail: &MailFrom, rcpt: &RcptTo) -> Result<(), Reply>;
+    /// SMTP AUTH (only ever asked over TLS): the identity these credentials prove, or `None`.
+    fn authenticate(&self, _peer: &PeerInfo, _username: &str, _password: &str) -> Option<String> {
+        None
+    }
 }
 
 /// A complete message, for the driver to store.
@@ -186,7 +205,20 @@ enum State {
     },
     /// A message was handed to the driver; waiting for `message_done`.
     AwaitCommit,
+    /// AUTH in progress: the next line is the client's (base64) answer to our `334`.
+    Auth(AuthStep),
     Closed,
+}
+
+/// Where an AUTH exchange stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AuthStep {
+    /// `AUTH PLAIN` without an initial response: the credentials come next.
+    Plain,
+    /// `AUTH LOGIN`: the user name comes next.
+    LoginUser,
+    /// `AUTH LOGIN`: the password comes next (the user name is in `Session::auth_user`).
+    LoginPassword,
 }
 
 /// One SMTP server session.
@@ -207,6 +239,8 @@ pub struct Session {
     progress: u64,
     /// Set once QUIT or a fatal error closed the session.
     closing: bool,
+    /// `AUTH LOGIN`: the user name, while its password is awaited.
+    auth_user: Option<String>,
 }
 
 impl Session {
@@ -225,6 +259,7 @@ impl Session {
             discarding_line: false,
             progress: 0,
             closing: false,
+            auth_user: None,
         }
     }
 
@@ -317,6 +352,11 @@ impl Session {
             match self.state {
                 State::Closed => return Step::Close,
                 State::AwaitCommit => return Step::NeedInput,
+                State::Auth(step) => match self.next_line() {
+                    None => return Step::NeedInput,
+                    Some(Err(())) => self.state = State::Command,
+                    Some(Ok((start, end))) => self.auth_answer(step, start, end),
+                },
                 State::Command => match self.next_line() {
                     None => return Step::NeedInput,
                     Some(Err(())) => continue,
@@ -453,8 +493,11 @@ impl Session {
             Request::Vrfy { .. } => self.reply(codes::vrfy()),
             Request::Help { .. } => self.reply(codes::help()),
             Request::StartTls => return self.starttls(),
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, &initial_response),
             Request::Expn { .. }
-            | Request::Auth { .. }
             | Request::Etrn { .. }
             | Request::Atrn { .. }
             | Request::Burl { .. } => self.reply(codes::not_implemented()),
@@ -509,6 +552,9 @@ impl Session {
         ];
         if self.cfg.tls_available && !self.peer.tls {
             lines.push("STARTTLS".into());
+        }
+        if self.cfg.auth_available && self.peer.tls {
+            lines.push("AUTH PLAIN LOGIN".into());
         }
         if !self.cfg.xmm4_versions.is_empty() {
             lines.push(format!("XMM4 V={} SYNC", self.cfg.xmm4_versions.join(",")));
@@ -811,6 +857,95 @@ impl Session {
     }
 
     /// The TLS handshake succeeded: the session starts over (EHLO required again).
+    /// `AUTH <mechanism> [initial-response]` (RFC 4954): only over TLS, once per session,
+    /// outside a transaction.
+    fn auth(&mut self, mechanism: u64, initial: &str) {
+        if !self.cfg.auth_available {
+            return self.reply(codes::not_implemented());
+        }
+        if !self.peer.tls {
+            return self.reply(codes::auth_needs_tls());
+        }
+        if self.helo.is_none() {
+            return self.reply(codes::bad_sequence("Send EHLO first"));
+        }
+        if self.peer.authenticated.is_some() || self.tx.is_some() {
+            return self.reply(codes::bad_sequence(
+                "Already authenticated or in a transaction",
+            ));
+        }
+        match mechanism {
+            smtp_proto::AUTH_PLAIN if initial.is_empty() => {
+                self.reply(Reply::plain(334, vec![String::new()]));
+                self.state = State::Auth(AuthStep::Plain);
+            }
+            smtp_proto::AUTH_PLAIN => self.plain(initial.as_bytes()),
+            smtp_proto::AUTH_LOGIN => {
+                // "Username:" and "Password:", base64 (the prompts every LOGIN client expects).
+                self.reply(Reply::plain(334, vec!["VXNlcm5hbWU6".into()]));
+                self.state = State::Auth(AuthStep::LoginUser);
+            }
+            _ => self.reply(codes::auth_mechanism()),
+        }
+    }
+
+    /// The client's answer to a `334`.
+    fn auth_answer(&mut self, step: AuthStep, start: usize, end: usize) {
+        self.progress += 1;
+        self.state = State::Command;
+        let line = self.input[start..end].to_vec();
+        let answer = trim_line_end(&line);
+        if answer == b"*" {
+            return self.reply(codes::auth_cancelled());
+        }
+        match step {
+            AuthStep::Plain => self.plain(answer),
+            AuthStep::LoginUser => match decode64(answer) {
+                Some(user) => {
+                    self.reply(Reply::plain(334, vec!["UGFzc3dvcmQ6".into()]));
+                    self.auth_user = Some(user);
+                    self.state = State::Auth(AuthStep::LoginPassword);
+                }
+                None => self.reply(codes::auth_bad_base64()),
+            },
+            AuthStep::LoginPassword => match decode64(answer) {
+                Some(password) => {
+                    let user = self.auth_user.take().unwrap_or_default();
+                    self.check_credentials(&user, &password)
+                }
+                None => self.reply(codes::auth_bad_base64()),
+            },
+        }
+    }
+
+    /// PLAIN: `authzid NUL authcid NUL password`, base64; an authzid other than the authcid
+    /// is refused (nobody acts for another).
+    fn plain(&mut self, b64: &[u8]) {
+        let Some(text) = decode64(b64) else {
+            return self.reply(codes::auth_bad_base64());
+        };
+        let mut parts = text.split('\0');
+        let (Some(authz), Some(user), Some(password), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return self.reply(codes::syntax("Invalid PLAIN credentials"));
+        };
+        if !authz.is_empty() && authz != user {
+            return self.reply(codes::auth_failed());
+        }
+        self.check_credentials(user, password);
+    }
+
+    fn check_credentials(&mut self, user: &str, password: &str) {
+        match self.policy.authenticate(&self.peer, user, password) {
+            Some(identity) => {
+                self.peer.authenticated = Some(identity);
+                self.reply(codes::auth_ok());
+            }
+            None => self.reply(codes::auth_failed()),
+        }
+    }
+
     pub fn tls_established(&mut self) {
         self.peer.tls = true;
         self.helo = None;
@@ -819,6 +954,18 @@ impl Session {
         self.pos = 0;
         self.state = State::Command;
     }
+}
+
+fn trim_line_end(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// Base64 text as UTF-8 (`None`: not base64, or not UTF-8).
+fn decode64(b64: &[u8]) -> Option<String> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    String::from_utf8(bytes).ok()
 }
 
 /// Removes an `XMM4-RES=SYNC` parameter from a MAIL line, reporting whether it was there.

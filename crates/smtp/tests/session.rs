@@ -24,6 +24,9 @@ impl Policy for TestPolicy {
             Err(Reply::new(550, (5, 7, 1), "Relaying denied"))
         }
     }
+    fn authenticate(&self, _: &PeerInfo, user: &str, password: &str) -> Option<String> {
+        (user == "peer-b" && password == "s3cret").then(|| "operator-b".to_string())
+    }
 }
 
 fn config() -> ServerConfig {
@@ -39,10 +42,7 @@ fn session_with(cfg: ServerConfig) -> Session {
     Session::new(
         Arc::new(cfg),
         Arc::new(TestPolicy),
-        PeerInfo {
-            addr: "127.0.0.2:40000".parse().unwrap(),
-            tls: false,
-        },
+        PeerInfo::new("127.0.0.2:40000".parse().unwrap(), false),
     )
 }
 
@@ -615,4 +615,99 @@ fn mm4_envelope_addresses_are_accepted() {
     );
     h.send(b"x\r\n.\r\n");
     assert_eq!(h.messages[0].mail_from.address, "");
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// A session with AUTH configured, past STARTTLS and the second EHLO.
+fn auth_harness() -> Harness {
+    let mut h = Harness::with(ServerConfig {
+        auth_available: true,
+        ..config()
+    });
+    h.ehlo();
+    assert_eq!(h.send(b"STARTTLS\r\n"), "220 2.0.0 Ready to start TLS\r\n");
+    h.s.tls_established();
+    let ehlo = h.send(b"EHLO client.test\r\n");
+    assert!(ehlo.contains("250-AUTH PLAIN LOGIN\r\n"), "{ehlo}");
+    h
+}
+
+#[test]
+fn auth_is_offered_and_accepted_only_over_tls() {
+    let mut h = Harness::with(ServerConfig {
+        auth_available: true,
+        ..config()
+    });
+    let ehlo = h.send(b"EHLO client.test\r\n");
+    assert!(!ehlo.contains("AUTH"), "not before TLS: {ehlo}");
+    let plain = format!("AUTH PLAIN {}\r\n", b64("\0peer-b\0s3cret"));
+    assert_eq!(
+        h.send(plain.as_bytes()),
+        "538 5.7.11 Encryption required for requested authentication mechanism\r\n"
+    );
+    // Not configured at all: not implemented, even over TLS.
+    let mut n = Harness::new();
+    n.ehlo();
+    n.send(b"STARTTLS\r\n");
+    n.s.tls_established();
+    let ehlo = n.send(b"EHLO client.test\r\n");
+    assert!(!ehlo.contains("AUTH"), "{ehlo}");
+    assert!(n.send(plain.as_bytes()).starts_with("502 5.5.1"));
+}
+
+#[test]
+fn auth_plain_with_and_without_initial_response() {
+    let mut h = auth_harness();
+    let wrong = format!("AUTH PLAIN {}\r\n", b64("\0peer-b\0guess"));
+    assert_eq!(
+        h.send(wrong.as_bytes()),
+        "535 5.7.8 Authentication credentials invalid\r\n"
+    );
+    // Nobody acts for another.
+    let other = format!("AUTH PLAIN {}\r\n", b64("admin\0peer-b\0s3cret"));
+    assert!(h.send(other.as_bytes()).starts_with("535 5.7.8"));
+    assert_eq!(h.send(b"AUTH PLAIN\r\n"), "334 \r\n");
+    let creds = format!("{}\r\n", b64("\0peer-b\0s3cret"));
+    assert_eq!(
+        h.send(creds.as_bytes()),
+        "235 2.7.0 Authentication succeeded\r\n"
+    );
+    assert!(h.send(b"AUTH PLAIN\r\n").starts_with("503 5.5.1"), "once");
+    assert_eq!(
+        h.send(b"MAIL FROM:<a@b.test>\r\n"),
+        "250 2.1.0 Sender OK\r\n"
+    );
+    h.send(b"RCPT TO:<x@ok.test>\r\nDATA\r\n");
+    h.send(b"Subject: x\r\n\r\nhi\r\n.\r\n");
+    assert_eq!(
+        h.messages[0].peer.authenticated.as_deref(),
+        Some("operator-b"),
+        "the message carries who proved it"
+    );
+}
+
+#[test]
+fn auth_login_and_cancel() {
+    let mut h = auth_harness();
+    assert_eq!(h.send(b"AUTH LOGIN\r\n"), "334 VXNlcm5hbWU6\r\n");
+    assert_eq!(h.send(b"*\r\n"), "501 5.0.0 Authentication cancelled\r\n");
+    assert_eq!(h.send(b"AUTH LOGIN\r\n"), "334 VXNlcm5hbWU6\r\n");
+    assert_eq!(
+        h.send(format!("{}\r\n", b64("peer-b")).as_bytes()),
+        "334 UGFzc3dvcmQ6\r\n"
+    );
+    assert_eq!(
+        h.send(format!("{}\r\n", b64("s3cret")).as_bytes()),
+        "235 2.7.0 Authentication succeeded\r\n"
+    );
+    assert!(h.send(b"AUTH CRAM-MD5\r\n").starts_with("503"));
+    let mut g = auth_harness();
+    assert!(g.send(b"AUTH CRAM-MD5\r\n").starts_with("504 5.5.4"));
+    assert!(g
+        .send(b"AUTH LOGIN\r\n!!notbase64\r\n")
+        .ends_with("501 5.5.2 Invalid base64\r\n"));
 }
