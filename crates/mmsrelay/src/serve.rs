@@ -29,12 +29,36 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("dns: {0}")]
     Dns(String),
+    #[error("peer[{index}] ({name}).auth_password_file: {reason}")]
+    PeerAuth {
+        index: usize,
+        name: String,
+        reason: String,
+    },
     #[error("peer[{index}] ({name}): {source}")]
     PeerTls {
         index: usize,
         name: String,
         source: relay::tls::TlsError,
     },
+}
+
+/// What we authenticate with towards each peer (password files read now).
+fn peer_auth(
+    peers: &[relay::config::PeerConfig],
+) -> Result<std::collections::HashMap<String, smtp::client_driver::Credentials>, ServeError> {
+    let mut out = std::collections::HashMap::new();
+    for (index, p) in peers.iter().enumerate() {
+        let creds = p.credentials().map_err(|e| ServeError::PeerAuth {
+            index,
+            name: p.name.clone(),
+            reason: e,
+        })?;
+        if let Some(c) = creds {
+            out.insert(p.name.clone(), c);
+        }
+    }
+    Ok(out)
 }
 
 /// The TLS client side of every peer (its files read now: a bad one stops the start).
@@ -162,6 +186,7 @@ pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(
             max_in_flight_per_peer: cfg.queue.max_in_flight_per_peer,
             pool_idle: cfg.queue.pool_idle.0,
             peer_tls: peer_tls(&cfg.peers)?,
+            peer_auth: peer_auth(&cfg.peers)?,
         },
         Some(cdr.clone()),
     );
@@ -221,6 +246,7 @@ pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(
         max_errors: cfg.smtp.max_errors,
         max_received: cfg.smtp.max_received,
         tls_available: tls.is_some(),
+        auth_available: tls.is_some() && cfg.peers.iter().any(|p| p.inbound_username.is_some()),
         xmm4_versions: if cfg.smtp.xmm4 {
             XMM4_VERSIONS.iter().map(|v| v.to_string()).collect()
         } else {

@@ -65,8 +65,16 @@ struct Op {
     api: String,
 }
 
-/// Operator B (+49172): its certificate, STARTTLS on `smtp`, implicit TLS on `smtps`.
-fn operator_b(dir: TempDir, smtp: SocketAddr, smtps: SocketAddr, cert: &str, key: &str) -> Op {
+/// Operator B (+49172): its certificate, STARTTLS on `smtp`, implicit TLS on `smtps`; `a_extra`
+/// goes into its `[[peer]]` for operator A.
+fn operator_b(
+    dir: TempDir,
+    smtp: SocketAddr,
+    smtps: SocketAddr,
+    cert: &str,
+    key: &str,
+    a_extra: &str,
+) -> Op {
     let api = free_port("127.0.0.1");
     let cfg = format!(
         r#"
@@ -92,6 +100,7 @@ prefixes = ["+1555"]
 hosts = ["127.0.0.1:9"]
 tls = "none"
 allow = ["127.0.0.1/32"]
+{a_extra}
 "#,
         store = dir.0.join("data").display()
     );
@@ -171,7 +180,14 @@ struct World {
 }
 
 fn world(tag: &str) -> World {
+    world_with(tag, "")
+}
+
+/// [`world`], with `a_extra` in B's `[[peer]]` for A (`{dir}`: the world's directory, which
+/// holds `a.secret`, the password `s3cret`).
+fn world_with(tag: &str, a_extra: &str) -> World {
     let dir = TempDir::new(tag);
+    write(&dir.0, "a.secret", "s3cret\n");
     let good = Ca::new("good CA");
     let other = Ca::new("other CA");
     let (cert, key) = good.issue(&["127.0.0.1", "mmsc.b.test"]);
@@ -191,6 +207,7 @@ fn world(tag: &str) -> World {
         smtps,
         &cert_path,
         &key_path,
+        &a_extra.replace("{dir}", &dir.0.display().to_string()),
     );
     World {
         dir,
@@ -304,4 +321,131 @@ fn implicit_tls_both_ways() {
     let mut plain = Client::connect(w.smtps);
     plain.send(b"EHLO x\r\n");
     assert!(!plain.reply().starts_with("220"));
+}
+
+/// B requires A to authenticate as `op-a` (password `s3cret`).
+const A_MUST_AUTH: &str = "inbound_username = \"op-a\"\ninbound_password_file = \"{dir}/a.secret\"";
+
+fn swaks(args: &[&str]) -> String {
+    let out = std::process::Command::new("swaks")
+        .args(args)
+        .output()
+        .expect("swaks (scripts/test installs it)");
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[test]
+fn authentication_both_ways_over_verified_tls() {
+    let w = world_with("tls-auth", A_MUST_AUTH);
+    let wrong = write(&w.dir.0, "wrong.secret", "guess\n");
+    let right = w.dir.0.join("a.secret").display().to_string();
+    // A authenticates to B (which requires it), over TLS whose certificate A checks.
+    let a = operator_a(
+        TempDir::new("tls-auth-a"),
+        &w.smtp.to_string(),
+        &format!(
+            "tls = \"required\"\ntls_ca = \"{}\"\nauth_username = \"op-a\"\nauth_password_file = \"{right}\"",
+            w.good_ca
+        ),
+    );
+    let id = submit(&a, "+491721000010");
+    wait_message(&a.api, &id, |v| {
+        v["recipients"][0]["state"] == "acknowledged"
+    });
+    assert_eq!(mailbox_len(&w.b, "+491721000010"), 1);
+    // The wrong password: refused, and the evidence says so; nothing filed.
+    let a2 = operator_a(
+        TempDir::new("tls-auth-a2"),
+        &w.smtp.to_string(),
+        &format!(
+            "tls = \"required\"\ntls_ca = \"{}\"\nauth_username = \"op-a\"\nauth_password_file = \"{wrong}\"",
+            w.good_ca
+        ),
+    );
+    let id = submit(&a2, "+491721000011");
+    let v = wait_message(&a2.api, &id, |v| events(v).contains("AUTH refused"));
+    assert!(events(&v).contains("535 5.7.8"), "{v:#}");
+    assert_eq!(mailbox_len(&w.b, "+491721000011"), 0);
+    // Secrets never reach the API.
+    let (_, peers) = http("GET", &a2.api, "/v1/peers", None);
+    assert!(!peers.to_string().contains("guess"), "{peers}");
+}
+
+#[test]
+fn refusals_seen_by_an_independent_client() {
+    let w = world_with("tls-swaks", A_MUST_AUTH);
+    let server = w.smtp.to_string();
+    // System addresses: swaks reads an argument starting with `+` as an option.
+    let to = "--to=system-user@mms.mnc002.mcc262.gprs";
+    let from = "--from=system-user@mms.mnc001.mcc001.gprs";
+    // Before TLS, AUTH is not offered at all.
+    let out = swaks(&[
+        "--server",
+        &server,
+        from,
+        to,
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "op-a",
+        "--auth-password",
+        "s3cret",
+        "--quit-after",
+        "AUTH",
+    ]);
+    assert!(
+        out.contains("Host did not advertise authentication"),
+        "{out}"
+    );
+    // A wrong password over TLS: 535 5.7.8.
+    let out = swaks(&[
+        "--server",
+        &server,
+        "--tls",
+        from,
+        to,
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "op-a",
+        "--auth-password",
+        "guess",
+        "--quit-after",
+        "AUTH",
+    ]);
+    assert!(out.contains("535 5.7.8"), "{out}");
+    // MAIL without AUTH from A's address: 530 5.7.0.
+    let out = swaks(&[
+        "--server",
+        &server,
+        "--tls",
+        from,
+        to,
+        "--quit-after",
+        "MAIL",
+    ]);
+    assert!(out.contains("530 5.7.0"), "{out}");
+    // And the right password over TLS gets through to RCPT.
+    let out = swaks(&[
+        "--server",
+        &server,
+        "--tls",
+        from,
+        to,
+        "--auth",
+        "LOGIN",
+        "--auth-user",
+        "op-a",
+        "--auth-password",
+        "s3cret",
+        "--quit-after",
+        "RCPT",
+    ]);
+    assert!(out.contains("235 2.7.0"), "{out}");
+    assert!(out.contains("250 2.1.5"), "{out}");
+    // AUTH before STARTTLS, spoken directly: 538 5.7.11.
+    let mut c = Client::connect(w.smtp);
+    c.hello();
+    let r = c.cmd("AUTH PLAIN AG9wLWEAczNjcmV0");
+    assert!(r.starts_with("538 5.7.11"), "{r}");
 }

@@ -502,6 +502,46 @@ pub struct PeerConfig {
     /// Our certificate and key for this peer (mutual TLS).
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
+    /// SMTP AUTH when we connect to this peer: our account, and the file holding its password.
+    pub auth_username: Option<String>,
+    pub auth_password_file: Option<PathBuf>,
+    /// The credentials this peer must AUTH with when it connects to us.
+    pub inbound_username: Option<String>,
+    pub inbound_password_file: Option<PathBuf>,
+}
+
+/// A secret from a file: its first line (a trailing newline is not part of it).
+pub fn read_secret(path: &std::path::Path) -> Result<smtp::client_driver::Secret, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let line = text.lines().next().unwrap_or("");
+    if line.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(smtp::client_driver::Secret::new(line))
+}
+
+impl PeerConfig {
+    /// What we authenticate with towards this peer (files read now).
+    pub fn credentials(&self) -> Result<Option<smtp::client_driver::Credentials>, String> {
+        match (&self.auth_username, &self.auth_password_file) {
+            (Some(user), Some(file)) => Ok(Some(smtp::client_driver::Credentials {
+                username: user.clone(),
+                password: read_secret(file)?,
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    /// What this peer must authenticate with towards us (files read now).
+    pub fn inbound_credentials(&self) -> Result<Option<smtp::client_driver::Credentials>, String> {
+        match (&self.inbound_username, &self.inbound_password_file) {
+            (Some(user), Some(file)) => Ok(Some(smtp::client_driver::Credentials {
+                username: user.clone(),
+                password: read_secret(file)?,
+            })),
+            _ => Ok(None),
+        }
+    }
 }
 
 fn default_mode() -> PeerMode {
@@ -797,6 +837,43 @@ impl Config {
                 if let Err(e) = pin.parse::<crate::peer_tls::Pin>() {
                     bad(format!("peer[{i}].tls_pin[{j}]"), e);
                 }
+            }
+            for (user, file, user_key, file_key) in [
+                (
+                    &peer.auth_username,
+                    &peer.auth_password_file,
+                    "auth_username",
+                    "auth_password_file",
+                ),
+                (
+                    &peer.inbound_username,
+                    &peer.inbound_password_file,
+                    "inbound_username",
+                    "inbound_password_file",
+                ),
+            ] {
+                match (user, file) {
+                    (Some(_), None) => bad(at(file_key), format!("{user_key} needs it")),
+                    (None, Some(_)) => bad(at(user_key), format!("{file_key} needs it")),
+                    (Some(_), Some(f)) => {
+                        if let Err(e) = read_secret(f) {
+                            bad(at(file_key), e);
+                        }
+                    }
+                    (None, None) => {}
+                }
+            }
+            if peer.inbound_username.is_some() && self.smtp.tls_cert.is_none() {
+                bad(
+                    at("inbound_username"),
+                    "needs smtp.tls_cert: AUTH is only offered over TLS".into(),
+                );
+            }
+            if peer.auth_username.is_some() && peer.tls == TlsPolicy::None {
+                bad(
+                    at("tls"),
+                    "auth_username is set: credentials are only sent over TLS".into(),
+                );
             }
             let verifies = peer.tls_ca.is_some() || !peer.tls_pin.is_empty();
             if verifies && peer.tls == TlsPolicy::None {

@@ -6,7 +6,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use mm4::{Address, Domain, RequestStatus, E164};
-use smtp::Reply;
+use smtp::client_driver::Credentials;
+use smtp::{PeerInfo, Reply};
 
 use crate::config::{Config, PeerConfig};
 
@@ -29,6 +30,8 @@ pub struct Peer {
     pub cfg: PeerConfig,
     pub domains: Vec<Domain>,
     pub allow: Vec<IpNet>,
+    /// The credentials it must AUTH with when it connects to us.
+    pub inbound: Option<Credentials>,
 }
 
 /// The MM4 verdict a refusal carries in its text (`[MM4 …]`, EXTENSIONS §1).
@@ -62,6 +65,14 @@ impl Directory {
                 cfg: p.clone(),
                 domains: p.domains.iter().filter_map(|d| d.parse().ok()).collect(),
                 allow: p.allow.clone(),
+                inbound: p.inbound_credentials().unwrap_or_else(|e| {
+                    // Validation reports it; meanwhile nobody can pass as this peer.
+                    tracing::error!(peer = %p.name, error = %e, "inbound credentials unreadable");
+                    Some(Credentials {
+                        username: String::new(),
+                        password: smtp::client_driver::Secret::new(""),
+                    })
+                }),
             })
             .collect();
         let index = |name: &str| peers.iter().position(|p| p.cfg.name == name);
@@ -143,16 +154,51 @@ impl Directory {
             .collect()
     }
 
-    /// Whether `ip` belongs to a peer allowed to send us mail for other MMSEs.
-    pub fn transit_allowed(&self, ip: IpAddr) -> bool {
-        self.peers_for_source(ip)
+    /// The peers a connection speaks for: the one its AUTH identity names (stronger than its
+    /// address), else those whose allow list holds its address.
+    pub fn peers_of(&self, who: &PeerInfo) -> Vec<usize> {
+        match &who.authenticated {
+            Some(name) => self.peer_by_name(name).into_iter().collect(),
+            None => self.peers_for_source(who.addr.ip()),
+        }
+    }
+
+    /// The peer whose inbound credentials these are (its name), comparing in constant time
+    /// against every peer's: how long it takes says nothing about which part was right.
+    pub fn authenticate(&self, username: &str, password: &str) -> Option<String> {
+        use subtle::ConstantTimeEq;
+        let mut found = None;
+        for p in &self.peers {
+            let Some(c) = &p.inbound else { continue };
+            let user = c.username.as_bytes().ct_eq(username.as_bytes());
+            let pass = c.password.expose().as_bytes().ct_eq(password.as_bytes());
+            if bool::from(user & pass) && !c.username.is_empty() {
+                found = Some(p.cfg.name.clone());
+            }
+        }
+        found
+    }
+
+    /// Whether the connection must authenticate before MAIL: it speaks for a peer that has
+    /// inbound credentials, and has not.
+    pub fn must_authenticate(&self, who: &PeerInfo) -> bool {
+        who.authenticated.is_none()
+            && self
+                .peers_for_source(who.addr.ip())
+                .iter()
+                .any(|i| self.peers[*i].inbound.is_some())
+    }
+
+    /// Whether the connection belongs to a peer allowed to send us mail for other MMSEs.
+    pub fn transit_allowed(&self, who: &PeerInfo) -> bool {
+        self.peers_of(who)
             .into_iter()
             .any(|i| self.peers[i].cfg.transit)
     }
 
     /// Classifies an envelope recipient, or gives the refusal (the contract's §4: no open
     /// relay; unserved numbers of our own domain are unresolved addresses).
-    pub fn classify_rcpt(&self, rcpt: &str, source: IpAddr) -> Result<RcptClass, Reply> {
+    pub fn classify_rcpt(&self, rcpt: &str, source: &PeerInfo) -> Result<RcptClass, Reply> {
         let lower = rcpt.to_ascii_lowercase();
         if lower == self.system_address {
             return Ok(RcptClass::System);
@@ -237,8 +283,8 @@ peer = "hub"
     #[test]
     fn recipients_are_classified() {
         let d = dir();
-        let b: IpAddr = "127.0.0.2".parse().unwrap();
-        let hub: IpAddr = "127.0.0.3".parse().unwrap();
+        let from = |ip: &str| PeerInfo::new(format!("{ip}:1000").parse().unwrap(), false);
+        let (b, hub) = (&from("127.0.0.2"), &from("127.0.0.3"));
         assert_eq!(
             d.classify_rcpt("+15550000001/TYPE=PLMN@mms.mnc001.mcc001.gprs", b),
             Ok(RcptClass::Local("+15550000001".parse().unwrap()))
@@ -283,7 +329,7 @@ peer = "hub"
         );
         assert!(d.classify_rcpt("user@example.com", hub).is_err());
         // Someone else's loopback address is nobody's peer.
-        let stranger: IpAddr = "127.0.0.9".parse().unwrap();
+        let stranger = &from("127.0.0.9");
         assert!(d.classify_rcpt(other, stranger).is_err());
     }
 

@@ -26,7 +26,10 @@ pub struct InboundPolicy {
 }
 
 impl Policy for InboundPolicy {
-    fn check_mail(&self, _: &PeerInfo, _: &MailFrom) -> Result<(), Reply> {
+    fn check_mail(&self, peer: &PeerInfo, _: &MailFrom) -> Result<(), Reply> {
+        if self.dir.must_authenticate(peer) {
+            return Err(codes::auth_required());
+        }
         let health = self.store.health();
         if !health.available() {
             return Err(codes::storage_unavailable());
@@ -38,9 +41,16 @@ impl Policy for InboundPolicy {
     }
 
     fn check_rcpt(&self, peer: &PeerInfo, _: &MailFrom, rcpt: &RcptTo) -> Result<(), Reply> {
-        self.dir
-            .classify_rcpt(&rcpt.address, peer.addr.ip())
-            .map(|_| ())
+        self.dir.classify_rcpt(&rcpt.address, peer).map(|_| ())
+    }
+
+    fn authenticate(&self, _: &PeerInfo, username: &str, password: &str) -> Option<String> {
+        let who = self.dir.authenticate(username, password);
+        match &who {
+            Some(peer) => tracing::info!(%peer, "peer authenticated"),
+            None => tracing::warn!(username, "AUTH refused"),
+        }
+        who
     }
 }
 
@@ -117,17 +127,16 @@ fn salvage(data: &[u8], mail_from: &str) -> Option<Salvaged> {
 
 impl Inbound {
     fn base_record(&self, msg: &ReceivedMessage, kind: MessageKind) -> StoredMessage {
-        let ip = msg.peer.addr.ip();
         let peer = self
             .dir
-            .peers_for_source(ip)
+            .peers_of(&msg.peer)
             .first()
             .map(|i| self.dir.peers[*i].cfg.name.clone());
         let rcpts = msg
             .rcpts
             .iter()
             .map(|r| {
-                let (kind, peer) = match self.dir.classify_rcpt(&r.address, ip) {
+                let (kind, peer) = match self.dir.classify_rcpt(&r.address, &msg.peer) {
                     Ok(RcptClass::Local(_)) => (RcptKind::Local, None),
                     Ok(RcptClass::System) => (RcptKind::System, None),
                     Ok(RcptClass::Bounce) => (RcptKind::Bounce, None),
@@ -217,7 +226,7 @@ impl Inbound {
         // goes to the originator in its own time.
         let transit_hop = msg.rcpts.iter().any(|r| {
             matches!(
-                self.dir.classify_rcpt(&r.address, msg.peer.addr.ip()),
+                self.dir.classify_rcpt(&r.address, &msg.peer),
                 Ok(RcptClass::Transit { .. })
             )
         });
@@ -253,7 +262,7 @@ impl Inbound {
         let mut transit = Vec::new();
         let mut idx = 0u32;
         for (r, stored) in msg.rcpts.iter().zip(&rec.rcpts) {
-            match self.dir.classify_rcpt(&r.address, msg.peer.addr.ip()) {
+            match self.dir.classify_rcpt(&r.address, &msg.peer) {
                 Ok(RcptClass::Local(n)) => {
                     local.push(n.to_string());
                     ops.push(Op::Deliver {
@@ -353,7 +362,12 @@ impl Inbound {
         let owner = self.dir.peer_for_domain(&domain)?;
         let peer = &self.dir.peers[owner];
         let ip = smtp::driver::canonical_ip(msg.peer.addr.ip());
-        if peer.allow.is_empty() || peer.allow.iter().any(|n| n.contains(&ip)) {
+        let speaks_for_it = match &msg.peer.authenticated {
+            // Who proved itself speaks for its own domains only.
+            Some(_) => self.dir.peers_of(&msg.peer).contains(&owner),
+            None => peer.allow.is_empty() || peer.allow.iter().any(|n| n.contains(&ip)),
+        };
+        if speaks_for_it {
             return None;
         }
         Some(mm4_reply(

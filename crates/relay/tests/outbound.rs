@@ -128,6 +128,11 @@ async fn engine_with(peers: &[PeerSpec<'_>], o: Opts) -> Engine {
                 .iter()
                 .map(|p| (p.name.clone(), relay::peer_tls::peer_tls(p).unwrap()))
                 .collect(),
+            peer_auth: cfg
+                .peers
+                .iter()
+                .filter_map(|p| Some((p.name.clone(), p.credentials().unwrap()?)))
+                .collect(),
         },
     );
     let (stop, rx) = tokio::sync::watch::channel(false);
@@ -387,6 +392,26 @@ async fn required_tls_never_falls_back_to_plaintext() {
         .unwrap()
         .contains("TLS required"));
     assert_eq!(*p.data_started.lock().unwrap(), 0);
+    assert!(p.got.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn credentials_never_cross_in_plaintext() {
+    // The peer does not offer STARTTLS; we are to authenticate: nothing is sent, no password.
+    let p = peer("127.0.0.1", Behaviour::Accept).await;
+    let dir = TempDir::new("plain-auth");
+    let secret = dir.0.join("b.secret");
+    std::fs::write(&secret, "pw\n").unwrap();
+    let extra = format!(
+        "tls = \"opportunistic\"\nauth_username = \"us\"\nauth_password_file = \"{}\"",
+        secret.display()
+    );
+    let e = engine(&[("b", B, "+49172", p.addr, &extra)]).await;
+    let id = e.send(&["+491721111111"], "secret").await;
+    let s = e.until(id, |s| s[0].attempts >= 1).await;
+    assert_eq!(s[0].state, RcptState::Deferred);
+    let evidence = s[0].status_text.as_deref().unwrap();
+    assert!(evidence.contains("never sent in plaintext"), "{evidence}");
     assert!(p.got.lock().unwrap().is_empty());
 }
 

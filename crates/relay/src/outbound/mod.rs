@@ -57,6 +57,8 @@ pub struct OutboundConfig {
     /// TLS towards each peer by name (verification, client certificate); a peer without an
     /// entry uses `client.connector` (encryption without authentication).
     pub peer_tls: HashMap<String, crate::peer_tls::PeerTls>,
+    /// SMTP AUTH towards each peer by name (after TLS only).
+    pub peer_auth: HashMap<String, smtp::client_driver::Credentials>,
 }
 
 impl OutboundConfig {

@@ -362,6 +362,7 @@ impl Outbound {
             cfg.connector = t.connector.clone();
             cfg.tls_server_name = t.server_name.clone().unwrap_or_else(|| hop.host.clone());
         }
+        cfg.auth = self.cfg.peer_auth.get(&peer.cfg.name).cloned();
         cfg
     }
 
