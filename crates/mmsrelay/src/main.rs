@@ -79,9 +79,20 @@ enum Command {
     /// Two operators (and a hub) in one process on free loopback ports exchange MMs directly
     /// and through the hub, with acks and reports; prints the timeline and exits 0.
     Demo,
-    /// Connect to an SMTP server and print its capabilities (XMM4 included) and whether
-    /// STARTTLS works.
-    Probe { target: String },
+    /// Connect to an SMTP server and print its capabilities (XMM4 and AUTH included), whether
+    /// TLS works, and whether its certificate verifies against `--ca`.
+    Probe {
+        target: String,
+        /// Check the server's certificate against the CAs in this PEM file.
+        #[arg(long)]
+        ca: Option<std::path::PathBuf>,
+        /// The name to check it for (default: the host of TARGET).
+        #[arg(long)]
+        server_name: Option<String>,
+        /// TLS from the first byte (a dedicated TLS port) instead of STARTTLS.
+        #[arg(long)]
+        implicit_tls: bool,
+    },
     /// Queue inspection and control.
     Queue {
         #[arg(long, default_value = "http://127.0.0.1:8025")]
@@ -213,12 +224,22 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_RUNTIME)
             }
         },
-        Command::Probe { target } => {
+        Command::Probe {
+            target,
+            ca,
+            server_name,
+            implicit_tls,
+        } => {
+            let opts = probe::Options {
+                ca,
+                server_name,
+                implicit_tls,
+            };
             let rt = match runtime("probe") {
                 Ok(rt) => rt,
                 Err(code) => return code,
             };
-            match rt.block_on(probe::probe(&target)) {
+            match rt.block_on(probe::probe(&target, &opts)) {
                 Ok(text) => {
                     print!("{text}");
                     ExitCode::SUCCESS

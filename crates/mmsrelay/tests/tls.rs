@@ -449,3 +449,42 @@ fn refusals_seen_by_an_independent_client() {
     let r = c.cmd("AUTH PLAIN AG9wLWEAczNjcmV0");
     assert!(r.starts_with("538 5.7.11"), "{r}");
 }
+
+fn probe(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mmsrelay"))
+        .arg("probe")
+        .args(args)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn probe_shows_auth_and_whether_the_certificate_verifies() {
+    let w = world_with("tls-probe", A_MUST_AUTH);
+    let target = w.smtp.to_string();
+    let (ok, out) = probe(&[&target, "--ca", &w.good_ca]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("AUTH                not offered"),
+        "before TLS: {out}"
+    );
+    assert!(out.contains("AUTH under TLS      PLAIN LOGIN"), "{out}");
+    assert!(
+        out.contains("certificate         verifies for 127.0.0.1"),
+        "{out}"
+    );
+    let (_, out) = probe(&[&target, "--ca", &w.other_ca]);
+    assert!(
+        out.contains("certificate         FAILS: certificate: UnknownIssuer"),
+        "{out}"
+    );
+    let (_, out) = probe(&[&target, "--ca", &w.good_ca, "--server-name", "mmsc.c.test"]);
+    assert!(out.contains("FAILS: certificate: NotValidForName"), "{out}");
+    let (ok, out) = probe(&[&w.smtps.to_string(), "--implicit-tls", "--ca", &w.good_ca]);
+    assert!(ok, "{out}");
+    assert!(out.contains("AUTH                PLAIN LOGIN"), "{out}");
+    assert!(out.contains("verifies for 127.0.0.1"), "{out}");
+}

@@ -162,8 +162,28 @@ pub fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
 
 /// The TLS client side for `peer`, from its configuration (files read now).
 pub fn peer_tls(peer: &PeerConfig) -> Result<PeerTls, TlsError> {
+    let client = match (&peer.client_cert, &peer.client_key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        _ => None,
+    };
+    let (connector, verifies) = connector(peer.tls_ca.as_deref(), &peer.tls_pin, client)?;
+    Ok(PeerTls {
+        connector,
+        verifies,
+        server_name: peer.tls_server_name.clone(),
+    })
+}
+
+/// A TLS connector that checks the server against `ca` (chain and name) and `pins` when given
+/// (else accepts any certificate), presenting `client` (certificate, key) when given; and
+/// whether it checks anything.
+pub fn connector(
+    ca: Option<&Path>,
+    pins: &[String],
+    client: Option<(&Path, &Path)>,
+) -> Result<(tokio_rustls::TlsConnector, bool), TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = match &peer.tls_ca {
+    let chain = match ca {
         Some(ca) => Some(
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca)?), provider.clone())
                 .build()
@@ -171,8 +191,7 @@ pub fn peer_tls(peer: &PeerConfig) -> Result<PeerTls, TlsError> {
         ),
         None => None,
     };
-    let pins = peer
-        .tls_pin
+    let pins = pins
         .iter()
         .map(|p| p.parse::<Pin>().map_err(TlsError::Rustls))
         .collect::<Result<Vec<_>, _>>()?;
@@ -187,15 +206,11 @@ pub fn peer_tls(peer: &PeerConfig) -> Result<PeerTls, TlsError> {
         .map_err(|e| TlsError::Rustls(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
-    let cfg = match (&peer.client_cert, &peer.client_key) {
-        (Some(cert), Some(key)) => builder
+    let cfg = match client {
+        Some((cert, key)) => builder
             .with_client_auth_cert(read_certs(cert)?, read_key(key)?)
             .map_err(|e| TlsError::Rustls(e.to_string()))?,
-        _ => builder.with_no_client_auth(),
+        None => builder.with_no_client_auth(),
     };
-    Ok(PeerTls {
-        connector: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
-        verifies,
-        server_name: peer.tls_server_name.clone(),
-    })
+    Ok((tokio_rustls::TlsConnector::from(Arc::new(cfg)), verifies))
 }
