@@ -233,9 +233,17 @@ pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(
         ready: std::sync::atomic::AtomicBool::new(false),
         node: cfg.cluster.node.clone(),
     });
+    // Client certificates are asked for when some peer must present one.
+    let client_cas: Vec<&std::path::Path> = cfg
+        .peers
+        .iter()
+        .filter_map(|p| p.inbound_client_ca.as_deref())
+        .collect();
     let tls = match (&cfg.smtp.tls_cert, &cfg.smtp.tls_key) {
         (Some(c), Some(k)) => Some(tokio_rustls::TlsAcceptor::from(relay::tls::server_config(
-            c, k,
+            c,
+            k,
+            &client_cas,
         )?)),
         _ => None,
     };

@@ -174,6 +174,8 @@ struct World {
     good_ca: String,
     other_ca: String,
     b_cert_pem: String,
+    /// A client certificate (and key) for A from the good CA.
+    a_cert: (String, String),
     b: Op,
     smtp: SocketAddr,
     smtps: SocketAddr,
@@ -191,6 +193,7 @@ fn world_with(tag: &str, a_extra: &str) -> World {
     let good = Ca::new("good CA");
     let other = Ca::new("other CA");
     let (cert, key) = good.issue(&["127.0.0.1", "mmsc.b.test"]);
+    let a_cert = good.issue(&["mmsc.a.test"]);
     let good_ca = write(&dir.0, "good-ca.pem", &good.pem);
     let other_ca = write(&dir.0, "other-ca.pem", &other.pem);
     let cert_path = write(&dir.0, "b-cert.pem", &cert);
@@ -214,6 +217,7 @@ fn world_with(tag: &str, a_extra: &str) -> World {
         good_ca,
         other_ca,
         b_cert_pem: cert,
+        a_cert,
         b,
         smtp,
         smtps,
@@ -487,4 +491,47 @@ fn probe_shows_auth_and_whether_the_certificate_verifies() {
     assert!(ok, "{out}");
     assert!(out.contains("AUTH                PLAIN LOGIN"), "{out}");
     assert!(out.contains("verifies for 127.0.0.1"), "{out}");
+}
+
+#[test]
+fn mutual_tls_accepted_and_refused() {
+    let w = world_with("tls-mutual", "inbound_client_ca = \"{dir}/good-ca.pem\"");
+    // A presents a certificate from the CA B trusts for it.
+    let a_cert = write(&w.dir.0, "a-cert.pem", &w.a_cert.0);
+    let a_key = write(&w.dir.0, "a-key.pem", &w.a_cert.1);
+    let a = operator_a(
+        TempDir::new("tls-mutual-a"),
+        &w.smtp.to_string(),
+        &format!(
+            "tls = \"required\"\ntls_ca = \"{}\"\nclient_cert = \"{a_cert}\"\nclient_key = \"{a_key}\"",
+            w.good_ca
+        ),
+    );
+    let id = submit(&a, "+491721000020");
+    wait_message(&a.api, &id, |v| {
+        v["recipients"][0]["state"] == "acknowledged"
+    });
+    assert_eq!(mailbox_len(&w.b, "+491721000020"), 1);
+    // Without one (or with one from another CA): refused at MAIL, nothing filed.
+    let (stranger_cert, stranger_key) = Ca::new("stranger CA").issue(&["a.test"]);
+    let s_cert = write(&w.dir.0, "s-cert.pem", &stranger_cert);
+    let s_key = write(&w.dir.0, "s-key.pem", &stranger_key);
+    // Without one, MAIL is refused; one from another CA fails the handshake itself.
+    for (extra, says) in [
+        (String::new(), "530 5.7.0 A client certificate"),
+        (
+            format!("client_cert = \"{s_cert}\"\nclient_key = \"{s_key}\""),
+            "UnknownCA",
+        ),
+    ] {
+        let a = operator_a(
+            TempDir::new("tls-mutual-a2"),
+            &w.smtp.to_string(),
+            &format!("tls = \"required\"\ntls_ca = \"{}\"\n{extra}", w.good_ca),
+        );
+        let id = submit(&a, "+491721000021");
+        let v = wait_message(&a.api, &id, |v| events(v).contains(says));
+        assert_ne!(v["recipients"][0]["state"], "acknowledged", "{v:#}");
+        assert_eq!(mailbox_len(&w.b, "+491721000021"), 0);
+    }
 }

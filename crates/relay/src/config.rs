@@ -508,6 +508,8 @@ pub struct PeerConfig {
     /// The credentials this peer must AUTH with when it connects to us.
     pub inbound_username: Option<String>,
     pub inbound_password_file: Option<PathBuf>,
+    /// Or/and: it must present a client certificate from these CAs (PEM).
+    pub inbound_client_ca: Option<PathBuf>,
 }
 
 /// A secret from a file: its first line (a trailing newline is not part of it).
@@ -817,6 +819,7 @@ impl Config {
                 ("tls_ca", &peer.tls_ca),
                 ("client_cert", &peer.client_cert),
                 ("client_key", &peer.client_key),
+                ("inbound_client_ca", &peer.inbound_client_ca),
             ] {
                 if let Some(f) = file.as_ref().filter(|f| !f.is_file()) {
                     bad(at(key), format!("{} is not a readable file", f.display()));
@@ -867,6 +870,12 @@ impl Config {
                 bad(
                     at("inbound_username"),
                     "needs smtp.tls_cert: AUTH is only offered over TLS".into(),
+                );
+            }
+            if peer.inbound_client_ca.is_some() && self.smtp.tls_cert.is_none() {
+                bad(
+                    at("inbound_client_ca"),
+                    "needs smtp.tls_cert: client certificates come with TLS".into(),
                 );
             }
             if peer.auth_username.is_some() && peer.tls == TlsPolicy::None {

@@ -6,6 +6,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use mm4::{Address, Domain, RequestStatus, E164};
+use std::sync::Arc;
+
+use rustls::server::danger::ClientCertVerifier;
 use smtp::client_driver::Credentials;
 use smtp::{PeerInfo, Reply};
 
@@ -32,6 +35,8 @@ pub struct Peer {
     pub allow: Vec<IpNet>,
     /// The credentials it must AUTH with when it connects to us.
     pub inbound: Option<Credentials>,
+    /// The CAs its client certificate must come from when it connects to us.
+    pub client_ca: Option<Arc<dyn ClientCertVerifier>>,
 }
 
 /// The MM4 verdict a refusal carries in its text (`[MM4 …]`, EXTENSIONS §1).
@@ -65,6 +70,13 @@ impl Directory {
                 cfg: p.clone(),
                 domains: p.domains.iter().filter_map(|d| d.parse().ok()).collect(),
                 allow: p.allow.clone(),
+                client_ca: p.inbound_client_ca.as_deref().map(|ca| {
+                    crate::tls::client_verifier(ca).unwrap_or_else(|e| {
+                        // Validation reports it; meanwhile no certificate passes.
+                        tracing::error!(peer = %p.name, error = %e, "inbound client CA unusable");
+                        Arc::new(NoClient)
+                    })
+                }),
                 inbound: p.inbound_credentials().unwrap_or_else(|e| {
                     // Validation reports it; meanwhile nobody can pass as this peer.
                     tracing::error!(peer = %p.name, error = %e, "inbound credentials unreadable");
@@ -179,14 +191,31 @@ impl Directory {
         found
     }
 
-    /// Whether the connection must authenticate before MAIL: it speaks for a peer that has
-    /// inbound credentials, and has not.
-    pub fn must_authenticate(&self, who: &PeerInfo) -> bool {
-        who.authenticated.is_none()
-            && self
-                .peers_for_source(who.addr.ip())
-                .iter()
-                .any(|i| self.peers[*i].inbound.is_some())
+    /// Whether the connection may start a transaction: a peer with inbound credentials must
+    /// have authenticated (`530 5.7.0`), and one with a client CA must have presented a
+    /// certificate from it (`530 5.7.0` too).
+    pub fn admit(&self, who: &PeerInfo) -> Result<(), Reply> {
+        let by_address = self.peers_for_source(who.addr.ip());
+        if who.authenticated.is_none()
+            && by_address.iter().any(|i| self.peers[*i].inbound.is_some())
+        {
+            return Err(smtp::codes::auth_required());
+        }
+        for i in self.peers_of(who) {
+            if let Some(v) = &self.peers[i].client_ca {
+                if !crate::tls::client_chain_verifies(v.as_ref(), &who.client_certs) {
+                    return Err(Reply::new(
+                        530,
+                        (5, 7, 0),
+                        format!(
+                            "A client certificate from {}'s CA is required",
+                            self.peers[i].cfg.name
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether the connection belongs to a peer allowed to send us mail for other MMSEs.
@@ -340,5 +369,42 @@ peer = "hub"
         assert_eq!(d.route_number(&"+491791111111".parse().unwrap()), Some(1));
         assert_eq!(d.route_number(&"+3361111".parse().unwrap()), Some(1));
         assert_eq!(d.route_number(&"+4411111".parse().unwrap()), None);
+    }
+}
+
+/// A client-certificate check that nothing passes (a peer whose CA file could not be used).
+#[derive(Debug)]
+struct NoClient;
+
+impl ClientCertVerifier for NoClient {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+    fn verify_client_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Err(rustls::Error::General("no usable client CA".into()))
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("no usable client CA".into()))
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("no usable client CA".into()))
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        Vec::new()
     }
 }

@@ -27,9 +27,7 @@ pub struct InboundPolicy {
 
 impl Policy for InboundPolicy {
     fn check_mail(&self, peer: &PeerInfo, _: &MailFrom) -> Result<(), Reply> {
-        if self.dir.must_authenticate(peer) {
-            return Err(codes::auth_required());
-        }
+        self.dir.admit(peer)?;
         let health = self.store.health();
         if !health.available() {
             return Err(codes::storage_unavailable());

@@ -51,14 +51,68 @@ pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         })
 }
 
-/// A rustls server configuration from PEM files (the ring provider, explicitly).
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// A rustls server configuration from PEM files (the ring provider, explicitly). With
+/// `client_cas`, a client may present a certificate, and the handshake checks it against those
+/// CAs (a client without one is let through: which peer must present one is decided per peer,
+/// after the handshake).
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_cas: &[&Path],
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Rustls(e.to_string()))?
-        .with_no_client_auth()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let builder = if client_cas.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in client_cas {
+            for c in read_certs(ca)? {
+                roots
+                    .add(c)
+                    .map_err(|e| TlsError::Rustls(format!("{}: {e}", ca.display())))?;
+            }
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| TlsError::Rustls(e.to_string()))?;
+        builder.with_client_cert_verifier(verifier)
+    };
+    let cfg = builder
         .with_single_cert(read_certs(cert)?, read_key(key)?)
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
     Ok(Arc::new(cfg))
+}
+
+/// A check of client certificates against the CAs in `ca`.
+pub fn client_verifier(
+    ca: &Path,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let roots = crate::peer_tls::roots(ca)?;
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| TlsError::Rustls(e.to_string()))
+}
+
+/// Whether `chain` (DER, its own first) is vouched for by `verifier`.
+pub fn client_chain_verifies(
+    verifier: &dyn rustls::server::danger::ClientCertVerifier,
+    chain: &[Vec<u8>],
+) -> bool {
+    let Some((ee, rest)) = chain.split_first() else {
+        return false;
+    };
+    let ee = CertificateDer::from(ee.as_slice());
+    let rest: Vec<CertificateDer<'_>> = rest
+        .iter()
+        .map(|c| CertificateDer::from(c.as_slice()))
+        .collect();
+    verifier
+        .verify_client_cert(&ee, &rest, rustls::pki_types::UnixTime::now())
+        .is_ok()
 }

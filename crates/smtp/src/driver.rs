@@ -125,8 +125,9 @@ pub async fn run_session<H: MessageHandler>(
                     .map_err(|_| {
                         io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
                     })??;
+                let certs = client_certs(tls.get_ref().1);
                 stream = Box::new(tls);
-                session.tls_established();
+                session.tls_established_with(certs);
                 deadline = Instant::now() + cfg.idle_timeout;
             }
             Step::Close => {
@@ -244,17 +245,17 @@ pub async fn serve<H: MessageHandler>(
             tasks.spawn(refuse(tcp, codes::too_many_connections()));
             continue;
         };
-        let session = Session::new(
-            server.clone(),
-            policy.clone(),
-            PeerInfo::new(addr, driver.implicit_tls),
-        );
+        let (server, policy) = (server.clone(), policy.clone());
         let (driver, handler, rx) = (driver.clone(), handler.clone(), shutdown.clone());
         tasks.spawn(async move {
             let _slot = slot;
             let _source = source;
-            let stream = match open_stream(tcp, &driver).await {
-                Ok(s) => s,
+            let (stream, session) = match open_stream(tcp, &driver).await {
+                Ok((s, certs)) => {
+                    let mut peer = PeerInfo::new(addr, driver.implicit_tls);
+                    peer.client_certs = certs;
+                    (s, Session::new(server, policy, peer))
+                }
                 Err(e) => {
                     tracing::info!(%addr, error = %e, "TLS handshake failed");
                     return;
@@ -270,14 +271,21 @@ pub async fn serve<H: MessageHandler>(
     Ok(())
 }
 
+/// The certificate chain a TLS client presented (DER, its own first).
+fn client_certs(conn: &rustls::ServerConnection) -> Vec<Vec<u8>> {
+    conn.peer_certificates()
+        .map(|c| c.iter().map(|d| d.as_ref().to_vec()).collect())
+        .unwrap_or_default()
+}
+
 /// The stream a session runs on: the connection itself, or (implicit TLS) the TLS session
-/// negotiated on it first, within the idle timeout.
+/// negotiated on it first, within the idle timeout, with the client's certificates.
 async fn open_stream(
     tcp: tokio::net::TcpStream,
     driver: &DriverConfig,
-) -> io::Result<Box<dyn Stream>> {
+) -> io::Result<(Box<dyn Stream>, Vec<Vec<u8>>)> {
     if !driver.implicit_tls {
-        return Ok(Box::new(tcp));
+        return Ok((Box::new(tcp), Vec::new()));
     }
     let Some(acceptor) = driver.tls.clone() else {
         return Err(io::Error::other("implicit TLS without a TLS configuration"));
@@ -285,7 +293,8 @@ async fn open_stream(
     let tls = timeout(driver.idle_timeout, acceptor.accept(tcp))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
-    Ok(Box::new(tls))
+    let certs = client_certs(tls.get_ref().1);
+    Ok((Box::new(tls), certs))
 }
 
 /// IPv4-mapped IPv6 addresses compare as IPv4 against allow lists.

@@ -66,6 +66,9 @@ pub struct PeerInfo {
     pub tls: bool,
     /// The identity it proved with AUTH (as the policy named it).
     pub authenticated: Option<String>,
+    /// The certificate chain it presented in the TLS handshake (DER, its own first); checked
+    /// against a CA by the handshake only when one is configured.
+    pub client_certs: Vec<Vec<u8>>,
 }
 
 impl PeerInfo {
@@ -74,6 +77,7 @@ impl PeerInfo {
             addr,
             tls,
             authenticated: None,
+            client_certs: Vec::new(),
         }
     }
 }
@@ -944,6 +948,12 @@ impl Session {
             }
             None => self.reply(codes::auth_failed()),
         }
+    }
+
+    /// [`Session::tls_established`], with the certificate chain the client presented.
+    pub fn tls_established_with(&mut self, client_certs: Vec<Vec<u8>>) {
+        self.peer.client_certs = client_certs;
+        self.tls_established();
     }
 
     pub fn tls_established(&mut self) {
