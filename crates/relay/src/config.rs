@@ -510,6 +510,10 @@ pub struct PeerConfig {
     pub inbound_password_file: Option<PathBuf>,
     /// Or/and: it must present a client certificate from these CAs (PEM).
     pub inbound_client_ca: Option<PathBuf>,
+    /// Recipients per transaction towards this peer; more are split into several.
+    pub max_recipients: Option<usize>,
+    /// Transactions per second towards this peer, at most (per node).
+    pub max_rate: Option<f64>,
 }
 
 /// A secret from a file: its first line (a trailing newline is not part of it).
@@ -883,6 +887,12 @@ impl Config {
                     at("tls"),
                     "auth_username is set: credentials are only sent over TLS".into(),
                 );
+            }
+            if peer.max_recipients == Some(0) {
+                bad(at("max_recipients"), "must be at least 1".into());
+            }
+            if peer.max_rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+                bad(at("max_rate"), "must be a positive number".into());
             }
             let verifies = peer.tls_ca.is_some() || !peer.tls_pin.is_empty();
             if verifies && peer.tls == TlsPolicy::None {

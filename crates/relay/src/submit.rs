@@ -324,7 +324,10 @@ fn build(
 /// id per recipient MMSE (the first keeps the base); one whose routing failed for now (DNS)
 /// is queued unrouted with a transaction id of its own.
 async fn plan(v: &Valid, cfg: &SubmitConfig, router: &Router, base_tid: &str) -> Vec<Planned> {
-    let mut tids: Vec<(String, String)> = Vec::new();
+    // Per peer: the transaction being filled and how many recipients it carries. A peer's
+    // `max_recipients` starts a new transaction (its own id: each RES settles its own REQ).
+    let mut tids: Vec<(String, String, usize)> = Vec::new();
+    let mut made = 0usize;
     let mut out = Vec::new();
     for (idx, a) in v.to.iter().chain(&v.cc).chain(&v.bcc).enumerate() {
         let shown = a.without_domain().to_string();
@@ -340,15 +343,23 @@ async fn plan(v: &Valid, cfg: &SubmitConfig, router: &Router, base_tid: &str) ->
             },
             Ok(Route::Peer { peer, domain, .. }) => {
                 let name = router.dir.peers[peer].cfg.name.clone();
-                let tid = match tids.iter().find(|(p, _)| *p == name) {
-                    Some((_, t)) => t.clone(),
+                let max = router.dir.peers[peer]
+                    .cfg
+                    .max_recipients
+                    .unwrap_or(usize::MAX);
+                let tid = match tids.iter_mut().find(|(p, _, n)| *p == name && *n < max) {
+                    Some((_, t, n)) => {
+                        *n += 1;
+                        t.clone()
+                    }
                     None => {
-                        let t = if tids.is_empty() {
+                        made += 1;
+                        let t = if made == 1 {
                             base_tid.to_string()
                         } else {
-                            format!("{base_tid}-{}", tids.len() + 1)
+                            format!("{base_tid}-{made}")
                         };
-                        tids.push((name.clone(), t.clone()));
+                        tids.push((name.clone(), t.clone(), 1));
                         t
                     }
                 };

@@ -767,3 +767,83 @@ async fn recipients_unrouted_at_submission_go_each_to_its_own_mmse_with_its_own_
     );
     assert_ne!(tb, tc);
 }
+
+/// A header's value in a mail a peer received.
+fn header(g: &Got, name: &str) -> String {
+    let text = String::from_utf8_lossy(&g.data);
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_string))
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn max_recipients_splits_an_mm_into_transactions_of_its_own() {
+    let p = peer("127.0.0.1", Behaviour::Accept).await;
+    let e = engine(&[("b", B, "+49172", p.addr, "max_recipients = 10")]).await;
+    let to: Vec<String> = (0..25).map(|i| format!("+4917211111{i:02}")).collect();
+    let to: Vec<&str> = to.iter().map(String::as_str).collect();
+    let id = e.send(&to, "to many").await;
+    e.until(id, |s| s.iter().all(|r| r.state == RcptState::Forwarded))
+        .await;
+    let got = p.got.lock().unwrap().clone();
+    let mut sizes: Vec<usize> = got.iter().map(|g| g.rcpts.len()).collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, [5, 10, 10], "three transactions");
+    let mm_ids: std::collections::HashSet<String> =
+        got.iter().map(|g| header(g, "X-Mms-Message-ID")).collect();
+    assert_eq!(mm_ids.len(), 1, "one MM id: {mm_ids:?}");
+    // Each REQ its own transaction id: each RES settles its own recipients.
+    let tids: std::collections::HashSet<String> = got
+        .iter()
+        .map(|g| header(g, "X-Mms-Transaction-ID"))
+        .collect();
+    assert_eq!(tids.len(), 3, "{tids:?}");
+}
+
+#[tokio::test]
+async fn max_rate_spaces_a_peers_transactions_and_no_one_elses() {
+    let slow = peer("127.0.0.1", Behaviour::Accept).await;
+    let fast = peer("127.0.0.1", Behaviour::Accept).await;
+    let e = engine(&[
+        ("b", B, "+49172", slow.addr, "max_rate = 5"),
+        ("c", C, "+49179", fast.addr, ""),
+    ])
+    .await;
+    let start = Instant::now();
+    for i in 0..50 {
+        e.send(&[&format!("+4917211111{i:02}")], "paced").await;
+    }
+    for i in 0..20 {
+        e.send(&[&format!("+4917911111{i:02}")], "not paced").await;
+    }
+    // The other peer's traffic flows at full speed meanwhile.
+    eventually("the fast peer's 20", || async {
+        (fast.got.lock().unwrap().len() == 20).then_some(())
+    })
+    .await;
+    let fast_done = fast.got.lock().unwrap().iter().map(|g| g.at).max().unwrap();
+    assert!(
+        fast_done - start < Duration::from_secs(3),
+        "the fast peer waited {:?}",
+        fast_done - start
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while slow.got.lock().unwrap().len() < 50 {
+        assert!(
+            Instant::now() < deadline,
+            "the paced peer's 50 never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let times: Vec<Instant> = slow.got.lock().unwrap().iter().map(|g| g.at).collect();
+    let (first, last) = (*times.iter().min().unwrap(), *times.iter().max().unwrap());
+    assert!(
+        last - first >= Duration::from_millis(9_800),
+        "50 transactions at 5 per second took {:?}",
+        last - first
+    );
+    assert!(
+        fast_done < last,
+        "the fast peer did not wait for the paced one"
+    );
+}

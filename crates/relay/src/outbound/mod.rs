@@ -9,6 +9,7 @@
 //! - [`pool`]: idle connections per peer, checked before reuse and closed when stale.
 
 pub mod delivery;
+mod pace;
 pub mod policy;
 pub mod pool;
 pub mod render;
@@ -97,6 +98,8 @@ pub struct Outbound {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Claims given up after a store error, to be released.
     abandoned: crate::abandoned::Abandoned,
+    /// Spacing of transactions per peer (`max_rate`).
+    pacer: pace::Pacer,
 }
 
 impl Outbound {
@@ -142,6 +145,7 @@ impl Outbound {
             cdr,
             metrics: Arc::new(crate::metrics::Metrics::default()),
             abandoned: Default::default(),
+            pacer: Default::default(),
         })
     }
 

@@ -129,7 +129,13 @@ impl Outbound {
                 // at any moment — look again shortly rather than at the next full pass.
                 next = Some(next.map_or(now + HELD_POLL_MS, |n| n.min(now + HELD_POLL_MS)));
             }
-            for g in groups(&q.queue, claimed)? {
+            let max = self
+                .router
+                .dir
+                .peer_by_name(&q.queue)
+                .and_then(|i| self.router.dir.peers[i].cfg.max_recipients)
+                .unwrap_or(usize::MAX);
+            for g in groups(&q.queue, claimed, max)? {
                 self.spawn(tasks, &q.queue, g);
             }
         }
@@ -175,8 +181,11 @@ impl Outbound {
 }
 
 /// Claimed recipients grouped into transactions: one per message and transaction id (one REQ
-/// per recipient MMSE). Unrouted recipients go one by one: each is routed by its own address.
-fn groups(queue: &str, claimed: Vec<Claimed>) -> Result<Vec<Group>, StoreError> {
+/// per recipient MMSE), at most `max` recipients each (the peer's `max_recipients`: a
+/// transit REQ, whose transaction id is its originator's, is split here; ours were given a
+/// transaction id per `max` at submission). Unrouted recipients go one by one: each is routed
+/// by its own address.
+fn groups(queue: &str, claimed: Vec<Claimed>, max: usize) -> Result<Vec<Group>, StoreError> {
     let mut by_key: HashMap<(u64, Option<String>, Option<u32>), Group> = HashMap::new();
     let mut order = Vec::new();
     for c in claimed {
@@ -205,8 +214,21 @@ fn groups(queue: &str, claimed: Vec<Claimed>) -> Result<Vec<Group>, StoreError> 
             }
         }
     }
-    Ok(order
-        .into_iter()
-        .filter_map(|k| by_key.remove(&k))
-        .collect())
+    let mut out = Vec::new();
+    for g in order.into_iter().filter_map(|k| by_key.remove(&k)) {
+        if g.members.len() <= max {
+            out.push(g);
+            continue;
+        }
+        let Group { id, peer, members } = g;
+        let mut members = members.into_iter().peekable();
+        while members.peek().is_some() {
+            out.push(Group {
+                id,
+                peer: peer.clone(),
+                members: members.by_ref().take(max.max(1)).collect(),
+            });
+        }
+    }
+    Ok(out)
 }

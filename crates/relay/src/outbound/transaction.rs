@@ -291,6 +291,16 @@ impl Outbound {
         bytes: &[u8],
     ) -> Result<Vec<Attempt>, Attempt> {
         let Held { mut conn, slot } = held;
+        // `max_rate`: the transaction (its MAIL) starts no sooner than the peer's next slot,
+        // on a connection that is ready — the spacing the peer sees is the spacing we keep.
+        if let Some(rate) = peer.cfg.max_rate {
+            let wait = self
+                .pacer
+                .reserve(&peer.cfg.name, rate, self.clock.now_ms());
+            if wait > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(wait as u64)).await;
+            }
+        }
         let mut sent = conn.send(env, bytes).await;
         if let Ok(Err(PlanError::NeedsDowngrade)) = sent {
             // No 8BITMIME at the next hop: 8-bit parts go as base64 (RFC 6152 §3).

@@ -45,6 +45,8 @@ pub struct Got {
     pub mail_from: String,
     pub rcpts: Vec<String>,
     pub data: Vec<u8>,
+    /// When its MAIL command arrived.
+    pub at: std::time::Instant,
 }
 
 pub struct Peer {
@@ -97,6 +99,7 @@ pub async fn peer(ip: &str, b: Behaviour) -> Peer {
                 let odd = matches!(b, Behaviour::OddWrites);
                 write_odd(&mut w, "220 peer.test ESMTP test\r\n", odd).await;
                 let mut mail_from = String::new();
+                let mut mail_at = std::time::Instant::now();
                 let mut rcpts: Vec<String> = Vec::new();
                 loop {
                     let mut line = String::new();
@@ -123,6 +126,7 @@ pub async fn peer(ip: &str, b: Behaviour) -> Peer {
                         write_odd(&mut w, &resp, odd).await;
                     } else if upper.starts_with("MAIL FROM:") {
                         mail_from = line.trim_end().to_string();
+                        mail_at = std::time::Instant::now();
                         rcpts.clear();
                         write_odd(&mut w, "250 2.1.0 ok\r\n", odd).await;
                     } else if upper.starts_with("RCPT TO:") {
@@ -191,6 +195,7 @@ pub async fn peer(ip: &str, b: Behaviour) -> Peer {
                                 mail_from: mail_from.clone(),
                                 rcpts: rcpts.clone(),
                                 data,
+                                at: mail_at,
                             });
                         }
                         write_odd(&mut w, &reply, odd).await;
