@@ -675,3 +675,27 @@ Hi. This is the mail program. Sorry, your message could not be delivered.\r\n\
         "{v:#}"
     );
 }
+
+#[test]
+fn pausing_a_peer_through_the_api_holds_its_deliveries_until_resumed() {
+    let (a, b) = pair(true);
+    let (code, v) = http("POST", &a.api, "/v1/peers/operator-b/pause", None);
+    assert_eq!((code, &v["paused"]), (200, &json!(true)), "{v}");
+    let (_, peers) = http("GET", &a.api, "/v1/peers", None);
+    assert_eq!(peers[0]["paused"], true, "{peers:#}");
+    let (code, v) = http("POST", &a.api, "/v1/peers/nobody/pause", None);
+    assert_eq!(
+        (code, &v["error"]["code"]),
+        (404, &json!("not_found")),
+        "{v}"
+    );
+    let id = submit(&a, "+491721111112", false, false);
+    let v = wait_message(&a.api, &id, state_is("queued"));
+    assert_eq!(v["recipients"][0]["attempts"], 0, "{v:#}");
+    let (code, v) = http("POST", &a.api, "/v1/peers/operator-b/resume", None);
+    assert_eq!((code, &v["paused"]), (200, &json!(false)), "{v}");
+    wait_message(&a.api, &id, state_is("acknowledged"));
+    let (_, peers) = http("GET", &a.api, "/v1/peers", None);
+    assert_eq!(peers[0]["paused"], false);
+    drop(b);
+}

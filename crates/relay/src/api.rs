@@ -560,6 +560,7 @@ async fn get_peers(
             .map_err(internal)?;
         let (size, size_src) = (eff.max_message_size.0, eff.max_message_size.1.as_str());
         let (version, version_src) = (Some(eff.version.0.to_string()), eff.version.1.as_str());
+        let paused = api.outbound.is_paused(&c.name).await.map_err(internal)?;
         out.push(json!({
             "name": c.name,
             "mode": format!("{:?}", c.mode).to_lowercase(),
@@ -584,10 +585,58 @@ async fn get_peers(
             "learned": learned,
             "exchanged": exchanged,
             "queue_depth": depth.get(&c.name).copied().unwrap_or(0),
+            "paused": paused,
             "last_error": errors.get(&c.name).map(|(at, e)| json!({"at": rfc3339(*at), "error": e})),
         }));
     }
     Ok(Json(Value::Array(out)))
+}
+
+/// Holds (`pause`) or releases (`resume`) deliveries to one peer, cluster-wide: the scheduler of
+/// every node skips a paused peer's queue; what is on the wire finishes.
+async fn set_paused(api: &Api, name: &str, paused: bool) -> Result<Json<Value>, ApiError> {
+    if api.router.dir.peer_by_name(name).is_none() {
+        return Err(not_found(&format!("peer {name:?}")));
+    }
+    let key = crate::keys::IndexKey::PeerPaused(name).to_string();
+    let op = if paused {
+        let at = rfc3339(api.clock.now_ms());
+        store::Op::PutIndex {
+            key,
+            value: json!({ "at": at }).to_string().into_bytes(),
+        }
+    } else {
+        store::Op::DeleteIndex { key }
+    };
+    api.store.commit(vec![op]).await.map_err(internal)?;
+    if !paused {
+        api.outbound.wake.notify_one();
+    }
+    tracing::info!(
+        peer = name,
+        paused,
+        "deliveries {}",
+        if paused { "paused" } else { "resumed" }
+    );
+    Ok(Json(json!({ "name": name, "paused": paused })))
+}
+
+async fn pause_peer(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    api.check_auth(&headers)?;
+    set_paused(&api, &name, true).await
+}
+
+async fn resume_peer(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    api.check_auth(&headers)?;
+    set_paused(&api, &name, false).await
 }
 
 /// Applies `change` to every queued recipient of a message, each only over the version it was
@@ -751,6 +800,8 @@ pub fn routes(api: Arc<Api>) -> Http {
         .route("/v1/queue/{id}/retry", post(retry_queue))
         .route("/v1/queue/{id}", axum::routing::delete(delete_queue))
         .route("/v1/peers", get(get_peers))
+        .route("/v1/peers/{name}/pause", post(pause_peer))
+        .route("/v1/peers/{name}/resume", post(resume_peer))
         .route("/v1/cluster", get(get_cluster))
         .route("/metrics", get(metrics))
         .route("/v1/mailbox/{address}", get(get_mailbox))

@@ -14,6 +14,8 @@ pub enum IndexKey<'a> {
     MmId(&'a str),
     /// The prepared `Expired` report of a subscriber for a received MM.
     ExpiredReport { mm: MsgId, subscriber: &'a str },
+    /// A peer whose deliveries are held (maintenance), cluster-wide.
+    PeerPaused(&'a str),
 }
 
 impl fmt::Display for IndexKey<'_> {
@@ -23,6 +25,7 @@ impl fmt::Display for IndexKey<'_> {
             IndexKey::Transaction(t) => write!(f, "tid:{}", mm4::parse::unquote(t)),
             IndexKey::MmId(m) => write!(f, "mid:{}", mm4::parse::unquote(m)),
             IndexKey::ExpiredReport { mm, subscriber } => write!(f, "expdr:{mm}:{subscriber}"),
+            IndexKey::PeerPaused(p) => write!(f, "paused:{p}"),
         }
     }
 }

@@ -847,3 +847,36 @@ async fn max_rate_spaces_a_peers_transactions_and_no_one_elses() {
         "the fast peer did not wait for the paced one"
     );
 }
+
+#[tokio::test]
+async fn a_paused_peer_gets_nothing_until_resumed_and_others_flow() {
+    let b = peer("127.0.0.1", Behaviour::Accept).await;
+    let c = peer("127.0.0.1", Behaviour::Accept).await;
+    let e = engine(&[
+        ("b", B, "+49172", b.addr, ""),
+        ("c", C, "+49179", c.addr, ""),
+    ])
+    .await;
+    // Paused as the API does it (any node): a named record in the store.
+    let key = relay::keys::IndexKey::PeerPaused("b").to_string();
+    e.store
+        .commit(vec![store::Op::PutIndex {
+            key: key.clone(),
+            value: b"{}".to_vec(),
+        }])
+        .await
+        .unwrap();
+    let held = e.send(&["+491721111111"], "held").await;
+    let flows = e.send(&["+491791111111"], "flows").await;
+    // C's delivery means the scheduler has been over B's due work, and held it.
+    e.until(flows, |s| s[0].state == RcptState::Forwarded).await;
+    assert!(b.got.lock().unwrap().is_empty(), "nothing to a paused peer");
+    assert_eq!(e.states(held).await[0].state, RcptState::Queued);
+    e.store
+        .commit(vec![store::Op::DeleteIndex { key }])
+        .await
+        .unwrap();
+    e.outbound.wake.notify_one();
+    e.until(held, |s| s[0].state == RcptState::Forwarded).await;
+    assert_eq!(b.got.lock().unwrap().len(), 1);
+}

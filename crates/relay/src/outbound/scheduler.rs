@@ -85,6 +85,13 @@ impl Outbound {
         }
     }
 
+    /// Whether the operator holds deliveries to `peer` (`POST /v1/peers/{name}/pause`, any
+    /// node): asked of the store on each pass that finds the peer's work due.
+    pub async fn is_paused(&self, peer: &str) -> Result<bool, StoreError> {
+        let key = crate::keys::IndexKey::PeerPaused(peer).to_string();
+        Ok(self.store.index(&key).await?.is_some())
+    }
+
     /// How many more recipients of `queue` may be claimed now.
     fn room(&self, queue: &str) -> usize {
         let f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
@@ -107,6 +114,10 @@ impl Outbound {
             let Some(at) = q.next_due else { continue };
             if at as i64 > now {
                 next = Some(next.map_or(at as i64, |n| n.min(at as i64)));
+                continue;
+            }
+            if self.is_paused(&q.queue).await? {
+                // Held by the operator: looked at again on the next pass.
                 continue;
             }
             let room = self.room(&q.queue);
