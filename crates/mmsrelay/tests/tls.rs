@@ -7,6 +7,9 @@ mod common;
 use std::net::SocketAddr;
 use std::path::Path;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use common::*;
 use serde_json::{json, Value};
 use testbed::{free_port, TempDir};
@@ -534,4 +537,149 @@ fn mutual_tls_accepted_and_refused() {
         assert_ne!(v["recipients"][0]["state"], "acknowledged", "{v:#}");
         assert_eq!(mailbox_len(&w.b, "+491721000021"), 0);
     }
+}
+
+/// Our relay (operator A's side of `common::config`: +1555 at DOMAIN) with its certificate, an
+/// implicit-TLS listener, and `peer_extra` in its `[[peer]]` for operator B (127.0.0.2).
+fn relay_with_tls(dir: &TempDir, ca: &Ca, peer_extra: &str) -> (Relay, SocketAddr, String) {
+    let (cert, key) = ca.issue(&["127.0.0.1"]);
+    let cert = write(&dir.0, "r-cert.pem", &cert);
+    let key = write(&dir.0, "r-key.pem", &key);
+    let smtp: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
+        .parse()
+        .unwrap();
+    let smtps: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
+        .parse()
+        .unwrap();
+    let smtp_extra =
+        format!("tls_cert = \"{cert}\"\ntls_key = \"{key}\"\nlisten_tls = [\"{smtps}\"]");
+    let cfg = config(&dir.0, smtp, &smtp_extra, peer_extra);
+    let api = api_url(&cfg);
+    (Relay::start(&dir.0, &cfg, smtp), smtps, api)
+}
+
+#[test]
+fn postfix_delivers_with_wrapper_mode_tls_and_sasl_into_our_tls_port() {
+    let dir = TempDir::new("pf-client");
+    let ca = Ca::new("our CA");
+    let secret = write(&dir.0, "b.secret", "s3cret\n");
+    // Operator B must authenticate as op-b; it reaches us through its Postfix.
+    let (relay, smtps, api) = relay_with_tls(
+        &dir,
+        &ca,
+        &format!("inbound_username = \"op-b\"\ninbound_password_file = \"{secret}\""),
+    );
+    let postfix = testbed::Postfix::start_with(&[(DOMAIN, smtps)], |d| {
+        std::fs::write(
+            d.join("sasl_passwd"),
+            format!("[{}]:{} op-b:s3cret\n", smtps.ip(), smtps.port()),
+        )
+        .unwrap();
+        format!(
+            "smtp_bind_address = 127.0.0.2\nsmtp_tls_wrappermode = yes\n\
+smtp_tls_security_level = encrypt\nsmtp_sasl_auth_enable = yes\n\
+smtp_sasl_password_maps = texthash:{}/sasl_passwd\nsmtp_sasl_security_options = noanonymous\n\
+smtp_sasl_tls_security_options = noanonymous\nsmtp_sasl_mechanism_filter = plain, login\n",
+            d.display()
+        )
+    });
+    let mut c = Client::connect(postfix.addr);
+    c.hello();
+    let r = c.transaction(
+        sender_b(),
+        &[&local("+15550000001")],
+        &forward("PF-AUTH-1", "+15550000001", 500),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    wait_api(&api, "/v1/mailbox/+15550000001", |v| {
+        v.as_array().is_some_and(|a| a.len() == 1)
+    });
+    let log = relay.log();
+    assert!(log.contains("peer authenticated"), "{log}");
+    assert!(postfix.log().contains("status=sent"), "{}", postfix.log());
+}
+
+#[test]
+fn we_authenticate_to_postfix_with_cyrus_sasl() {
+    let dir = TempDir::new("pf-server");
+    let ca = Ca::new("their CA");
+    let ca_path = write(&dir.0, "ca.pem", &ca.pem);
+    let (cert, key) = ca.issue(&["127.0.0.1"]);
+    let taken = Arc::new(AtomicUsize::new(0));
+    let t = taken.clone();
+    let sink = sink_on("127.0.0.1", move |_| {
+        t.fetch_add(1, Ordering::SeqCst);
+    });
+    // Their Postfix: TLS, then AUTH against a Cyrus sasldb; relays only for who authenticated.
+    let postfix = testbed::Postfix::start_with(&[(B_DOMAIN, sink)], |d| {
+        let cert_path = write(d, "cert.pem", &cert);
+        let key_path = write(d, "key.pem", &key);
+        std::fs::create_dir_all(d.join("sasl")).unwrap();
+        std::fs::write(
+            d.join("sasl/smtpd.conf"),
+            format!(
+                "pwcheck_method: auxprop\nauxprop_plugin: sasldb\nsasldb_path: {}/sasldb2\n\
+mech_list: PLAIN LOGIN\n",
+                d.display()
+            ),
+        )
+        .unwrap();
+        let mut p = std::process::Command::new("saslpasswd2")
+            .args(["-p", "-c", "-f"])
+            .arg(d.join("sasldb2"))
+            .args(["-u", "mm4test", "us"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("saslpasswd2 (sasl2-bin; scripts/test installs it)");
+        use std::io::Write;
+        p.stdin.take().unwrap().write_all(b"s3cret").unwrap();
+        assert!(p.wait().unwrap().success());
+        let ok = std::process::Command::new("chown")
+            .arg("postfix")
+            .arg(d.join("sasldb2"))
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        format!(
+            "smtpd_tls_cert_file = {cert_path}\nsmtpd_tls_key_file = {key_path}\n\
+smtpd_tls_security_level = may\nsmtpd_tls_auth_only = yes\nsmtpd_sasl_auth_enable = yes\n\
+smtpd_sasl_type = cyrus\nsmtpd_sasl_path = smtpd\ncyrus_sasl_config_path = {}/sasl\n\
+smtpd_sasl_local_domain = mm4test\nsmtpd_relay_restrictions = permit_sasl_authenticated, reject\n",
+            d.display()
+        )
+    });
+    let ours = |tag: &str, password: &str| {
+        let d = TempDir::new(tag);
+        let secret = write(&d.0, "p.secret", &format!("{password}\n"));
+        let smtp: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
+            .parse()
+            .unwrap();
+        let extra = format!(
+            "hosts = [\"{}\"]\nmode = \"relay\"\ntls = \"required\"\ntls_ca = \"{ca_path}\"\n\
+auth_username = \"us\"\nauth_password_file = \"{secret}\"",
+            postfix.addr
+        );
+        let cfg = config(&d.0, smtp, "", &extra);
+        let api = api_url(&cfg);
+        let relay = Relay::start(&d.0, &cfg, smtp);
+        (d, relay, api)
+    };
+    let (_d, _relay, api) = ours("pf-server-a", "s3cret");
+    let body = r#"{"from": "+15550000001", "to": ["+491721000030"], "parts": [{"content_type": "text/plain", "text": "hi"}]}"#;
+    let (code, v) = http("POST", &api, "/v1/messages", Some(body));
+    assert_eq!(code, 202, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    wait_message(&api, &id, |v| v["recipients"][0]["state"] == "forwarded");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while taken.load(Ordering::SeqCst) < 1 {
+        assert!(std::time::Instant::now() < deadline, "{}", postfix.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The wrong password: Postfix (Cyrus) refuses it, we say so, nothing relayed.
+    let (_d2, _relay2, api2) = ours("pf-server-a2", "guess");
+    let (_, v) = http("POST", &api2, "/v1/messages", Some(body));
+    let id = v["id"].as_str().unwrap().to_string();
+    let v = wait_message(&api2, &id, |v| events(v).contains("AUTH refused"));
+    assert!(events(&v).contains("535"), "{v:#}");
+    assert_eq!(taken.load(Ordering::SeqCst), 1);
 }

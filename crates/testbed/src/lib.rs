@@ -208,6 +208,16 @@ impl Postfix {
     /// Starts Postfix relaying each `(domain, next hop)` with `smtp:[ip]:port`, DSNs on, strict
     /// end of data, queue retry short enough for tests.
     pub fn start(transports: &[(&str, SocketAddr)]) -> Postfix {
+        Self::start_with(transports, |_| String::new())
+    }
+
+    /// [`Postfix::start`] with more `main.cf` lines (they win over the defaults above them),
+    /// made by `extra` from the instance's directory (where it may write files first, e.g. a
+    /// SASL password map or database).
+    pub fn start_with(
+        transports: &[(&str, SocketAddr)],
+        extra: impl FnOnce(&Path) -> String,
+    ) -> Postfix {
         let dir = TempDir::new("postfix");
         let port = free_port("127.0.0.1");
         let d = dir.0.display().to_string();
@@ -237,6 +247,7 @@ smtpd_forbid_bare_newline = yes\nminimal_backoff_time = 2s\nmaximal_backoff_time
 delay_warning_time = 0\nmessage_size_limit = 10485760\n",
             relay = domains.join(", ")
         );
+        let main = main + &extra(&dir.0);
         std::fs::write(dir.0.join("main.cf"), main).unwrap();
         let transport: String = transports
             .iter()
