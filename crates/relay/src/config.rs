@@ -1040,6 +1040,46 @@ command_timeout = "0s"
     }
 
     #[test]
+    fn peer_security_keys_are_checked_with_their_paths() {
+        let text = r#"
+[smtp]
+listen_tls = ["127.0.0.1:2465"]
+[[peer]]
+name = "b"
+domains = ["mms.mnc002.mcc262.gprs"]
+tls = "none"
+tls_ca = "/nonexistent/ca.pem"
+tls_pin = ["sha256/tooshort", "md5/x"]
+client_cert = "/nonexistent/cert.pem"
+auth_username = "us"
+inbound_password_file = "/nonexistent/secret"
+inbound_client_ca = "/nonexistent/ca.pem"
+max_recipients = 0
+max_rate = -1.0
+"#;
+        let Err(ConfigError::Invalid(p)) = Config::from_toml(text) else {
+            panic!("must be invalid")
+        };
+        let paths: Vec<&str> = p.iter().map(|x| x.path.as_str()).collect();
+        for want in [
+            "smtp.listen_tls",
+            "peer[0].tls",
+            "peer[0].tls_ca",
+            "peer[0].tls_pin[0]",
+            "peer[0].tls_pin[1]",
+            "peer[0].client_cert",
+            "peer[0].client_key",
+            "peer[0].auth_password_file",
+            "peer[0].inbound_username",
+            "peer[0].inbound_client_ca",
+            "peer[0].max_recipients",
+            "peer[0].max_rate",
+        ] {
+            assert!(paths.contains(&want), "{want} missing from {paths:?}");
+        }
+    }
+
+    #[test]
     fn the_postgres_store_needs_a_url_and_a_ca_for_required_tls() {
         let problems = |store: &str| -> Vec<String> {
             match Config::from_toml(&format!("[store]\n{store}")) {
