@@ -227,6 +227,24 @@ fn world_with(tag: &str, a_extra: &str) -> World {
     }
 }
 
+/// An MM from `a` to `number`, acknowledged by B and filed in its mailbox.
+fn delivered(a: &Op, b: &Op, number: &str) {
+    let id = submit(a, number);
+    wait_message(&a.api, &id, |v| {
+        v["recipients"][0]["state"] == "acknowledged"
+    });
+    assert_eq!(mailbox_len(b, number), 1);
+}
+
+/// An MM from `a` to `number` that fails, its evidence saying `says`: nothing filed at B.
+fn refused(a: &Op, b: &Op, number: &str, says: &str) -> Value {
+    let id = submit(a, number);
+    let v = wait_message(&a.api, &id, |v| events(v).contains(says));
+    assert_ne!(v["recipients"][0]["state"], "acknowledged", "{v:#}");
+    assert_eq!(mailbox_len(b, number), 0, "nothing sent");
+    v
+}
+
 fn mailbox_len(b: &Op, number: &str) -> usize {
     let (_, v) = http("GET", &b.api, &format!("/v1/mailbox/{number}"), None);
     v.as_array().map_or(0, Vec::len)
@@ -240,11 +258,7 @@ fn delivery_over_starttls_verified_against_the_peers_ca() {
         &w.smtp.to_string(),
         &format!("tls = \"required\"\ntls_ca = \"{}\"", w.good_ca),
     );
-    let id = submit(&a, "+491721000001");
-    wait_message(&a.api, &id, |v| {
-        v["recipients"][0]["state"] == "acknowledged"
-    });
-    assert_eq!(mailbox_len(&w.b, "+491721000001"), 1);
+    delivered(&a, &w.b, "+491721000001");
     let (_, peers) = http("GET", &a.api, "/v1/peers", None);
     assert_eq!(peers[0]["ehlo"]["tls"], true, "{peers:#}");
     let _ = &w.dir;
@@ -259,11 +273,9 @@ fn a_certificate_from_another_ca_sends_nothing_and_says_why() {
         &w.smtp.to_string(),
         &format!("tls_ca = \"{}\"", w.other_ca),
     );
-    let id = submit(&a, "+491721000002");
-    let v = wait_message(&a.api, &id, |v| events(v).contains("certificate"));
+    let v = refused(&a, &w.b, "+491721000002", "certificate");
     assert_ne!(v["recipients"][0]["state"], "acknowledged", "{v:#}");
     assert!(events(&v).contains("UnknownIssuer"), "{v:#}");
-    assert_eq!(mailbox_len(&w.b, "+491721000002"), 0, "nothing sent");
 }
 
 #[test]
@@ -277,10 +289,8 @@ fn the_name_checked_is_the_configured_one() {
             w.good_ca
         ),
     );
-    let id = submit(&a, "+491721000003");
-    let v = wait_message(&a.api, &id, |v| events(v).contains("certificate"));
+    let v = refused(&a, &w.b, "+491721000003", "certificate");
     assert!(events(&v).contains("NotValidForName"), "{v:#}");
-    assert_eq!(mailbox_len(&w.b, "+491721000003"), 0, "nothing sent");
 }
 
 #[test]
@@ -295,19 +305,14 @@ fn a_public_key_pin_accepts_its_key_only() {
         &w.smtp.to_string(),
         &format!("tls = \"required\"\ntls_pin = [\"{wrong}\"]"),
     );
-    let id = submit(&a, "+491721000004");
-    let v = wait_message(&a.api, &id, |v| events(v).contains("certificate"));
+    let v = refused(&a, &w.b, "+491721000004", "certificate");
     assert!(events(&v).contains("matches no tls_pin"), "{v:#}");
-    assert_eq!(mailbox_len(&w.b, "+491721000004"), 0, "nothing sent");
     let a = operator_a(
         TempDir::new("tls-pin-a2"),
         &w.smtp.to_string(),
         &format!("tls = \"required\"\ntls_pin = [\"{wrong}\", \"{right}\"]"),
     );
-    let id = submit(&a, "+491721000005");
-    wait_message(&a.api, &id, |v| {
-        v["recipients"][0]["state"] == "acknowledged"
-    });
+    delivered(&a, &w.b, "+491721000005");
 }
 
 #[test]
@@ -319,11 +324,7 @@ fn implicit_tls_both_ways() {
         &w.smtps.to_string(),
         &format!("tls = \"implicit\"\ntls_ca = \"{}\"", w.good_ca),
     );
-    let id = submit(&a, "+491721000006");
-    wait_message(&a.api, &id, |v| {
-        v["recipients"][0]["state"] == "acknowledged"
-    });
-    assert_eq!(mailbox_len(&w.b, "+491721000006"), 1);
+    delivered(&a, &w.b, "+491721000006");
     // B's TLS port does not offer STARTTLS inside TLS; a plaintext client gets no greeting.
     let mut plain = Client::connect(w.smtps);
     plain.send(b"EHLO x\r\n");
@@ -355,11 +356,7 @@ fn authentication_both_ways_over_verified_tls() {
             w.good_ca
         ),
     );
-    let id = submit(&a, "+491721000010");
-    wait_message(&a.api, &id, |v| {
-        v["recipients"][0]["state"] == "acknowledged"
-    });
-    assert_eq!(mailbox_len(&w.b, "+491721000010"), 1);
+    delivered(&a, &w.b, "+491721000010");
     // The wrong password: refused, and the evidence says so; nothing filed.
     let a2 = operator_a(
         TempDir::new("tls-auth-a2"),
@@ -369,10 +366,8 @@ fn authentication_both_ways_over_verified_tls() {
             w.good_ca
         ),
     );
-    let id = submit(&a2, "+491721000011");
-    let v = wait_message(&a2.api, &id, |v| events(v).contains("AUTH refused"));
+    let v = refused(&a2, &w.b, "+491721000011", "AUTH refused");
     assert!(events(&v).contains("535 5.7.8"), "{v:#}");
-    assert_eq!(mailbox_len(&w.b, "+491721000011"), 0);
     // Secrets never reach the API.
     let (_, peers) = http("GET", &a2.api, "/v1/peers", None);
     assert!(!peers.to_string().contains("guess"), "{peers}");
@@ -510,11 +505,7 @@ fn mutual_tls_accepted_and_refused() {
             w.good_ca
         ),
     );
-    let id = submit(&a, "+491721000020");
-    wait_message(&a.api, &id, |v| {
-        v["recipients"][0]["state"] == "acknowledged"
-    });
-    assert_eq!(mailbox_len(&w.b, "+491721000020"), 1);
+    delivered(&a, &w.b, "+491721000020");
     // Without one (or with one from another CA): refused at MAIL, nothing filed.
     let (stranger_cert, stranger_key) = Ca::new("stranger CA").issue(&["a.test"]);
     let s_cert = write(&w.dir.0, "s-cert.pem", &stranger_cert);
@@ -532,10 +523,7 @@ fn mutual_tls_accepted_and_refused() {
             &w.smtp.to_string(),
             &format!("tls = \"required\"\ntls_ca = \"{}\"\n{extra}", w.good_ca),
         );
-        let id = submit(&a, "+491721000021");
-        let v = wait_message(&a.api, &id, |v| events(v).contains(says));
-        assert_ne!(v["recipients"][0]["state"], "acknowledged", "{v:#}");
-        assert_eq!(mailbox_len(&w.b, "+491721000021"), 0);
+        refused(&a, &w.b, "+491721000021", says);
     }
 }
 
