@@ -334,9 +334,10 @@ fn implicit_tls_both_ways() {
 /// B requires A to authenticate as `op-a` (password `s3cret`).
 const A_MUST_AUTH: &str = "inbound_username = \"op-a\"\ninbound_password_file = \"{dir}/a.secret\"";
 
-fn swaks(args: &[&str]) -> String {
+/// Runs swaks with these (space-separated) arguments; what it printed.
+fn swaks(args: &str) -> String {
     let out = std::process::Command::new("swaks")
-        .args(args)
+        .args(args.split_whitespace())
         .output()
         .expect("swaks (scripts/test installs it)");
     String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
@@ -376,73 +377,28 @@ fn authentication_both_ways_over_verified_tls() {
 #[test]
 fn refusals_seen_by_an_independent_client() {
     let w = world_with("tls-swaks", A_MUST_AUTH);
-    let server = w.smtp.to_string();
     // System addresses: swaks reads an argument starting with `+` as an option.
-    let to = "--to=system-user@mms.mnc002.mcc262.gprs";
-    let from = "--from=system-user@mms.mnc001.mcc001.gprs";
+    let common = format!(
+        "--server {} --from system-user@mms.mnc001.mcc001.gprs --to system-user@{B_DOMAIN}",
+        w.smtp
+    );
+    let swaks_with = |args: &str| swaks(&format!("{common} {args}"));
     // Before TLS, AUTH is not offered at all.
-    let out = swaks(&[
-        "--server",
-        &server,
-        from,
-        to,
-        "--auth",
-        "PLAIN",
-        "--auth-user",
-        "op-a",
-        "--auth-password",
-        "s3cret",
-        "--quit-after",
-        "AUTH",
-    ]);
+    let out = swaks_with("--auth PLAIN --auth-user op-a --auth-password s3cret --quit-after AUTH");
     assert!(
         out.contains("Host did not advertise authentication"),
         "{out}"
     );
     // A wrong password over TLS: 535 5.7.8.
-    let out = swaks(&[
-        "--server",
-        &server,
-        "--tls",
-        from,
-        to,
-        "--auth",
-        "PLAIN",
-        "--auth-user",
-        "op-a",
-        "--auth-password",
-        "guess",
-        "--quit-after",
-        "AUTH",
-    ]);
+    let out =
+        swaks_with("--tls --auth PLAIN --auth-user op-a --auth-password guess --quit-after AUTH");
     assert!(out.contains("535 5.7.8"), "{out}");
     // MAIL without AUTH from A's address: 530 5.7.0.
-    let out = swaks(&[
-        "--server",
-        &server,
-        "--tls",
-        from,
-        to,
-        "--quit-after",
-        "MAIL",
-    ]);
+    let out = swaks_with("--tls --quit-after MAIL");
     assert!(out.contains("530 5.7.0"), "{out}");
     // And the right password over TLS gets through to RCPT.
-    let out = swaks(&[
-        "--server",
-        &server,
-        "--tls",
-        from,
-        to,
-        "--auth",
-        "LOGIN",
-        "--auth-user",
-        "op-a",
-        "--auth-password",
-        "s3cret",
-        "--quit-after",
-        "RCPT",
-    ]);
+    let out =
+        swaks_with("--tls --auth LOGIN --auth-user op-a --auth-password s3cret --quit-after RCPT");
     assert!(out.contains("235 2.7.0"), "{out}");
     assert!(out.contains("250 2.1.5"), "{out}");
     // AUTH before STARTTLS, spoken directly: 538 5.7.11.
