@@ -137,25 +137,30 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn load_config(path: Option<PathBuf>) -> Result<relay::config::Config, ExitCode> {
+/// The configuration, and the file it came from (`None`: the embedded defaults).
+fn load_config(
+    path: Option<PathBuf>,
+) -> Result<(relay::config::Config, Option<PathBuf>), ExitCode> {
     let path = path.or_else(|| {
         let default = PathBuf::from("mmsrelay.toml");
         default.exists().then_some(default)
     });
     let Some(path) = path else {
-        return Ok(relay::config::Config::defaults());
+        return Ok((relay::config::Config::defaults(), None));
     };
-    relay::config::Config::load(&path).map_err(|e| {
-        match e {
-            relay::config::ConfigError::Invalid(problems) => {
-                for p in problems {
-                    eprintln!("{}: {p}", path.display());
+    relay::config::Config::load(&path)
+        .map(|cfg| (cfg, Some(path.clone())))
+        .map_err(|e| {
+            match e {
+                relay::config::ConfigError::Invalid(problems) => {
+                    for p in problems {
+                        eprintln!("{}: {p}", path.display());
+                    }
                 }
+                other => eprintln!("mmsrelay: {other}"),
             }
-            other => eprintln!("mmsrelay: {other}"),
-        }
-        ExitCode::from(EXIT_INVALID)
-    })
+            ExitCode::from(EXIT_INVALID)
+        })
 }
 
 /// The tokio runtime, or the exit code that says why there is none.
@@ -170,7 +175,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, log_format } => {
-            let cfg = match load_config(config) {
+            let (cfg, source) = match load_config(config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -179,7 +184,7 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(code) => return code,
             };
-            match rt.block_on(serve::run(cfg)) {
+            match rt.block_on(serve::run(cfg, source)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("mmsrelay: {e}");

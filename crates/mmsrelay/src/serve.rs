@@ -29,55 +29,33 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("dns: {0}")]
     Dns(String),
-    #[error("peer[{index}] ({name}).auth_password_file: {reason}")]
-    PeerAuth {
-        index: usize,
-        name: String,
-        reason: String,
-    },
-    #[error("peer[{index}] ({name}): {source}")]
-    PeerTls {
-        index: usize,
-        name: String,
-        source: relay::tls::TlsError,
-    },
+    /// Files the configuration names (certificates, keys, secrets) that do not load.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Config(Vec<relay::config::Problem>),
 }
 
-/// What we authenticate with towards each peer (password files read now).
-fn peer_auth(
-    peers: &[relay::config::PeerConfig],
-) -> Result<std::collections::HashMap<String, smtp::client_driver::Credentials>, ServeError> {
-    let mut out = std::collections::HashMap::new();
-    for (index, p) in peers.iter().enumerate() {
-        let creds = p.credentials().map_err(|e| ServeError::PeerAuth {
-            index,
-            name: p.name.clone(),
-            reason: e,
-        })?;
-        if let Some(c) = creds {
-            out.insert(p.name.clone(), c);
+/// SIGHUP re-reads the configuration file; what it did (or every problem, with its key path,
+/// when it kept the running configuration) goes to the log.
+async fn reload_on_sighup(reloader: Arc<relay::reload::Reloader>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("SIGHUP cannot be watched: reload through the API only");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match reloader.reload() {
+            Ok(done) => tracing::info!(
+                peers = done.peers,
+                routes = done.routes,
+                restart_needed = ?done.restart_needed,
+                "configuration reloaded (SIGHUP)"
+            ),
+            Err(problems) => {
+                for p in problems {
+                    tracing::error!(path = %p.path, problem = %p.message, "configuration not reloaded (SIGHUP): the running one stays");
+                }
+            }
         }
     }
-    Ok(out)
-}
-
-/// The TLS client side of every peer (its files read now: a bad one stops the start).
-fn peer_tls(
-    peers: &[relay::config::PeerConfig],
-) -> Result<std::collections::HashMap<String, relay::peer_tls::PeerTls>, ServeError> {
-    peers
-        .iter()
-        .enumerate()
-        .map(|(index, p)| {
-            relay::peer_tls::peer_tls(p)
-                .map(|t| (p.name.clone(), t))
-                .map_err(|source| ServeError::PeerTls {
-                    index,
-                    name: p.name.clone(),
-                    source,
-                })
-        })
-        .collect()
 }
 
 /// The configured store: the embedded one in `store.path`, or the cluster's PostgreSQL.
@@ -96,9 +74,9 @@ async fn open_store(cfg: &Config) -> Result<Arc<dyn Spool>, ServeError> {
 const XMM4_VERSIONS: [&str; 3] = ["6.16.0", "6.10.0", "5.5.0"];
 
 /// Runs the relay until SIGINT or SIGTERM.
-pub async fn run(cfg: Config) -> Result<(), ServeError> {
+pub async fn run(cfg: Config, source: Option<std::path::PathBuf>) -> Result<(), ServeError> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut relay = tokio::spawn(run_until(cfg, stop_rx));
+    let mut relay = tokio::spawn(run_from(cfg, source, stop_rx));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -113,7 +91,16 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
 }
 
 /// Runs the relay until `stop` turns `true` (the in-process form `demo` uses).
-pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(), ServeError> {
+pub async fn run_until(cfg: Config, stop: watch::Receiver<bool>) -> Result<(), ServeError> {
+    run_from(cfg, None, stop).await
+}
+
+/// [`run_until`], reloading `source` (the configuration file) on SIGHUP and `POST /v1/reload`.
+async fn run_from(
+    cfg: Config,
+    source: Option<std::path::PathBuf>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), ServeError> {
     let store = open_store(&cfg).await?;
     // This process's claims: the node's name and this incarnation (a restarted node must not
     // renew, by its heartbeat, what the process that died had claimed).
@@ -126,7 +113,9 @@ pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(
             ^ std::process::id() as u128
     );
     let spool: Arc<dyn Spool> = store.clone();
-    let dir = Arc::new(Directory::new(&cfg));
+    let dir = Arc::new(relay::live::Live::new(
+        Directory::load(&cfg).map_err(ServeError::Config)?,
+    ));
     let policy = Arc::new(InboundPolicy {
         dir: dir.clone(),
         store: spool.clone(),
@@ -185,8 +174,6 @@ pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(
             max_in_flight: cfg.queue.max_in_flight,
             max_in_flight_per_peer: cfg.queue.max_in_flight_per_peer,
             pool_idle: cfg.queue.pool_idle.0,
-            peer_tls: peer_tls(&cfg.peers)?,
-            peer_auth: peer_auth(&cfg.peers)?,
         },
         Some(cdr.clone()),
     );
@@ -217,6 +204,16 @@ pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(
         batch: cfg.queue.event_batch,
         abandoned: Default::default(),
     });
+    let reloader = source.map(|path| {
+        let out = outbound.clone();
+        Arc::new(
+            relay::reload::Reloader::new(path, cfg.clone(), dir.clone())
+                .after_each(move || out.reloaded()),
+        )
+    });
+    if let Some(r) = reloader.clone() {
+        tokio::spawn(reload_on_sighup(r));
+    }
     let api = Arc::new(relay::api::Api {
         events: events.clone(),
         store: spool.clone(),
@@ -232,6 +229,7 @@ pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(
         token: cfg.api.token.clone(),
         ready: std::sync::atomic::AtomicBool::new(false),
         node: cfg.cluster.node.clone(),
+        reloader,
     });
     // Client certificates are asked for when some peer must present one.
     let client_cas: Vec<&std::path::Path> = cfg
@@ -254,7 +252,9 @@ pub async fn run_until(cfg: Config, mut stop: watch::Receiver<bool>) -> Result<(
         max_errors: cfg.smtp.max_errors,
         max_received: cfg.smtp.max_received,
         tls_available: tls.is_some(),
-        auth_available: tls.is_some() && cfg.peers.iter().any(|p| p.inbound_username.is_some()),
+        // Offered when some peer has inbound credentials: the policy knows (and a reload may
+        // change it).
+        auth_available: false,
         xmm4_versions: if cfg.smtp.xmm4 {
             XMM4_VERSIONS.iter().map(|v| v.to_string()).collect()
         } else {

@@ -627,3 +627,102 @@ auth_username = \"us\"\nauth_password_file = \"{secret}\"",
     assert!(events(&v).contains("535"), "{v:#}");
     assert_eq!(taken.load(Ordering::SeqCst), 1);
 }
+
+/// Waits until the relay's log holds `text` (a reload is done when it says so).
+fn wait_log(relay: &Relay, text: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !relay.log().contains(text) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{text:?} not in the log:\n{}",
+            relay.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn reload_applies_to_new_sessions_while_open_ones_finish_as_they_started() {
+    let dir = TempDir::new("reload");
+    let ca = Ca::new("our CA");
+    let secret = write(&dir.0, "b.secret", "s3cret\n");
+    let (relay, _smtps, api) = relay_with_tls(&dir, &ca, "");
+    let original = std::fs::read_to_string(&relay.config).unwrap();
+    let to_france = |api: &str| {
+        let body = r#"{"from": "+15550000001", "to": ["+33612345678"], "parts": [{"content_type": "text/plain", "text": "x"}]}"#;
+        let (code, v) = http("POST", api, "/v1/messages", Some(body));
+        assert_eq!(code, 202, "{v}");
+        let id = v["id"].as_str().unwrap().to_string();
+        http("GET", api, &format!("/v1/messages/{id}"), None).1
+    };
+    // No route to +33 yet.
+    let v = to_france(&api);
+    assert_eq!(v["recipients"][0]["state"], "failed", "{v:#}");
+    // A session of operator B opened before the reload.
+    let mut before = Client::connect_from(relay.smtp, Some("127.0.0.2"));
+    before.hello();
+
+    // B must now authenticate, and +33 goes to B.
+    let changed = original.replacen(
+        "allow = [\"127.0.0.2/32\"]",
+        &format!(
+            "allow = [\"127.0.0.2/32\"]\ninbound_username = \"op-b\"\ninbound_password_file = \"{secret}\""
+        ),
+        1,
+    ) + "\n[[route]]\nprefix = \"+33\"\npeer = \"operator-b\"\n";
+    std::fs::write(&relay.config, &changed).unwrap();
+    relay.hup();
+    wait_log(&relay, "configuration reloaded (SIGHUP)");
+
+    // The open session finishes with the settings it started with.
+    let r = before.transaction(
+        sender_b(),
+        &[&local("+15550000001")],
+        &forward("RL-1", "+15550000001", 300),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    // A new one has the new ones.
+    let mut after = Client::connect_from(relay.smtp, Some("127.0.0.2"));
+    after.hello();
+    let r = after.cmd(&format!("MAIL FROM:<{}>", sender_b()));
+    assert!(r.starts_with("530 5.7.0"), "{r}");
+    let v = to_france(&api);
+    assert_eq!(v["recipients"][0]["peer"], "operator-b", "{v:#}");
+    assert_ne!(v["recipients"][0]["state"], "failed", "{v:#}");
+
+    // An invalid file is refused, with key paths; the running configuration stays.
+    let broken = changed.replacen(
+        "inbound_username = \"op-b\"",
+        "inbound_username = \"op-b\"\ntls_pin = [\"nope\"]",
+        1,
+    );
+    std::fs::write(&relay.config, &broken).unwrap();
+    let (code, v) = http("POST", &api, "/v1/reload", None);
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(v["error"]["code"], "invalid_config");
+    assert_eq!(
+        v["error"]["problems"][0]["path"], "peer[0].tls_pin[0]",
+        "{v:#}"
+    );
+    relay.hup();
+    wait_log(&relay, "configuration not reloaded (SIGHUP)");
+    assert!(relay.log().contains("peer[0].tls_pin[0]"));
+    let mut still = Client::connect_from(relay.smtp, Some("127.0.0.2"));
+    still.hello();
+    let r = still.cmd(&format!("MAIL FROM:<{}>", sender_b()));
+    assert!(
+        r.starts_with("530 5.7.0"),
+        "still the reloaded settings: {r}"
+    );
+
+    // Back to the original through the API: B need not authenticate any more.
+    std::fs::write(&relay.config, &original).unwrap();
+    let (code, v) = http("POST", &api, "/v1/reload", None);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["reloaded"], true);
+    assert_eq!(v["restart_needed"], json!([]), "{v}");
+    let mut back = Client::connect_from(relay.smtp, Some("127.0.0.2"));
+    back.hello();
+    let r = back.cmd(&format!("MAIL FROM:<{}>", sender_b()));
+    assert!(r.starts_with("250"), "{r}");
+}

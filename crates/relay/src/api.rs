@@ -40,6 +40,8 @@ pub struct Api {
     pub ready: AtomicBool,
     /// This node's name (`[cluster] node`).
     pub node: String,
+    /// Re-reads the configuration file (`None`: the relay was started without one).
+    pub reloader: Option<Arc<crate::reload::Reloader>>,
 }
 
 /// Whether a presented bearer token is the configured one, in constant time: how long the
@@ -540,7 +542,8 @@ async fn get_peers(
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     let mut out = Vec::new();
-    for p in &api.router.dir.peers {
+    let dir = api.router.dir.get();
+    for p in &dir.peers {
         let c = &p.cfg;
         let seen = ehlo.get(&c.name);
         let record = |b: Option<Vec<u8>>| -> Option<Value> { serde_json::from_slice(&b?).ok() };
@@ -592,10 +595,53 @@ async fn get_peers(
     Ok(Json(Value::Array(out)))
 }
 
+/// Re-reads the configuration file: `200` with what changed, `400` with every problem (key path
+/// and message) when the file was not applied — the running configuration stays.
+async fn reload(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    api.check_auth(&headers)?;
+    let Some(r) = &api.reloader else {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "no_config_file",
+            "this relay was not started from a configuration file".into(),
+        ));
+    };
+    Ok(match r.reload() {
+        Ok(done) => {
+            tracing::info!(peers = done.peers, routes = done.routes, restart_needed = ?done.restart_needed, "configuration reloaded");
+            Json(json!({
+                "reloaded": true,
+                "peers": done.peers,
+                "routes": done.routes,
+                "restart_needed": done.restart_needed,
+            }))
+            .into_response()
+        }
+        Err(problems) => {
+            for p in &problems {
+                tracing::error!(path = %p.path, problem = %p.message, "configuration not reloaded");
+            }
+            let list: Vec<Value> = problems
+                .iter()
+                .map(|p| json!({"path": p.path, "message": p.message}))
+                .collect();
+            (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": {
+                    "code": "invalid_config",
+                    "message": "the file was not applied; the running configuration stays",
+                    "problems": list,
+                }})),
+            )
+                .into_response()
+        }
+    })
+}
+
 /// Holds (`pause`) or releases (`resume`) deliveries to one peer, cluster-wide: the scheduler of
 /// every node skips a paused peer's queue; what is on the wire finishes.
 async fn set_paused(api: &Api, name: &str, paused: bool) -> Result<Json<Value>, ApiError> {
-    if api.router.dir.peer_by_name(name).is_none() {
+    if api.router.dir.get().peer_by_name(name).is_none() {
         return Err(not_found(&format!("peer {name:?}")));
     }
     let key = crate::keys::IndexKey::PeerPaused(name).to_string();
@@ -800,6 +846,7 @@ pub fn routes(api: Arc<Api>) -> Http {
         .route("/v1/queue/{id}/retry", post(retry_queue))
         .route("/v1/queue/{id}", axum::routing::delete(delete_queue))
         .route("/v1/peers", get(get_peers))
+        .route("/v1/reload", post(reload))
         .route("/v1/peers/{name}/pause", post(pause_peer))
         .route("/v1/peers/{name}/resume", post(resume_peer))
         .route("/v1/cluster", get(get_cluster))

@@ -12,7 +12,7 @@ use rustls::server::danger::ClientCertVerifier;
 use smtp::client_driver::Credentials;
 use smtp::{PeerInfo, Reply};
 
-use crate::config::{Config, PeerConfig};
+use crate::config::{Config, PeerConfig, Problem};
 
 /// What an envelope recipient is to us.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +37,10 @@ pub struct Peer {
     pub inbound: Option<Credentials>,
     /// The CAs its client certificate must come from when it connects to us.
     pub client_ca: Option<Arc<dyn ClientCertVerifier>>,
+    /// What we authenticate with when we connect to it.
+    pub auth: Option<Credentials>,
+    /// How we connect to it over TLS.
+    pub tls: crate::peer_tls::PeerTls,
 }
 
 /// The MM4 verdict a refusal carries in its text (`[MM4 …]`, EXTENSIONS §1).
@@ -61,32 +65,74 @@ fn digits(prefix: &str) -> String {
 }
 
 impl Directory {
-    /// Builds the directory from a validated configuration.
+    /// Builds the directory from a validated configuration whose files (certificates, keys,
+    /// secrets) are known to be readable: tests, and configurations `load` accepted.
     pub fn new(cfg: &Config) -> Directory {
-        let peers: Vec<Peer> = cfg
-            .peers
-            .iter()
-            .map(|p| Peer {
+        Self::load(cfg).unwrap_or_else(|problems| {
+            let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            panic!(
+                "a configuration whose files do not load: {}",
+                text.join("; ")
+            )
+        })
+    }
+
+    /// Builds the directory, reading every peer's certificates, keys and secrets now; the
+    /// problems name their key paths.
+    pub fn load(cfg: &Config) -> Result<Directory, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut peers = Vec::with_capacity(cfg.peers.len());
+        for (i, p) in cfg.peers.iter().enumerate() {
+            let mut bad = |key: &str, message: String| {
+                problems.push(Problem {
+                    path: format!("peer[{i}].{key}"),
+                    message,
+                })
+            };
+            let client_ca = match p.inbound_client_ca.as_deref() {
+                Some(ca) => match crate::tls::client_verifier(ca) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        bad("inbound_client_ca", e.to_string());
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            let inbound = match p.inbound_credentials() {
+                Ok(c) => c,
+                Err(e) => {
+                    bad("inbound_password_file", e);
+                    continue;
+                }
+            };
+            let auth = match p.credentials() {
+                Ok(c) => c,
+                Err(e) => {
+                    bad("auth_password_file", e);
+                    continue;
+                }
+            };
+            let tls = match crate::peer_tls::peer_tls(p) {
+                Ok(t) => t,
+                Err(e) => {
+                    bad("tls", e.to_string());
+                    continue;
+                }
+            };
+            peers.push(Peer {
                 cfg: p.clone(),
                 domains: p.domains.iter().filter_map(|d| d.parse().ok()).collect(),
                 allow: p.allow.clone(),
-                client_ca: p.inbound_client_ca.as_deref().map(|ca| {
-                    crate::tls::client_verifier(ca).unwrap_or_else(|e| {
-                        // Validation reports it; meanwhile no certificate passes.
-                        tracing::error!(peer = %p.name, error = %e, "inbound client CA unusable");
-                        Arc::new(NoClient)
-                    })
-                }),
-                inbound: p.inbound_credentials().unwrap_or_else(|e| {
-                    // Validation reports it; meanwhile nobody can pass as this peer.
-                    tracing::error!(peer = %p.name, error = %e, "inbound credentials unreadable");
-                    Some(Credentials {
-                        username: String::new(),
-                        password: smtp::client_driver::Secret::new(""),
-                    })
-                }),
-            })
-            .collect();
+                client_ca,
+                inbound,
+                auth,
+                tls,
+            });
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
         let index = |name: &str| peers.iter().position(|p| p.cfg.name == name);
         let mut routes: Vec<(String, usize)> = Vec::new();
         for (i, p) in peers.iter().enumerate() {
@@ -101,7 +147,7 @@ impl Directory {
         }
         // Longest prefix wins; for equal prefixes the first configured.
         routes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
-        Directory {
+        Ok(Directory {
             domain: cfg
                 .mmse
                 .domain
@@ -113,7 +159,7 @@ impl Directory {
             default_peer: cfg.mmse.default_peer.as_deref().and_then(index),
             peers,
             routes,
-        }
+        })
     }
 
     /// Whether a number belongs to our subscribers.
@@ -369,42 +415,5 @@ peer = "hub"
         assert_eq!(d.route_number(&"+491791111111".parse().unwrap()), Some(1));
         assert_eq!(d.route_number(&"+3361111".parse().unwrap()), Some(1));
         assert_eq!(d.route_number(&"+4411111".parse().unwrap()), None);
-    }
-}
-
-/// A client-certificate check that nothing passes (a peer whose CA file could not be used).
-#[derive(Debug)]
-struct NoClient;
-
-impl ClientCertVerifier for NoClient {
-    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
-        &[]
-    }
-    fn verify_client_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
-        Err(rustls::Error::General("no usable client CA".into()))
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("no usable client CA".into()))
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("no usable client CA".into()))
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        Vec::new()
     }
 }

@@ -20,14 +20,14 @@ use crate::records::{
 
 /// The SMTP policy: free space at MAIL, recipient classification at RCPT.
 pub struct InboundPolicy {
-    pub dir: Arc<Directory>,
+    pub dir: Arc<crate::live::Live<Directory>>,
     pub store: Arc<dyn Spool>,
     pub min_free_space: u64,
 }
 
 impl Policy for InboundPolicy {
     fn check_mail(&self, peer: &PeerInfo, _: &MailFrom) -> Result<(), Reply> {
-        self.dir.admit(peer)?;
+        self.dir.get().admit(peer)?;
         let health = self.store.health();
         if !health.available() {
             return Err(codes::storage_unavailable());
@@ -39,11 +39,26 @@ impl Policy for InboundPolicy {
     }
 
     fn check_rcpt(&self, peer: &PeerInfo, _: &MailFrom, rcpt: &RcptTo) -> Result<(), Reply> {
-        self.dir.classify_rcpt(&rcpt.address, peer).map(|_| ())
+        self.dir
+            .get()
+            .classify_rcpt(&rcpt.address, peer)
+            .map(|_| ())
+    }
+
+    fn offers_auth(&self) -> bool {
+        self.dir.get().peers.iter().any(|p| p.inbound.is_some())
+    }
+
+    fn for_session(&self) -> Option<Arc<dyn smtp::Policy>> {
+        Some(Arc::new(InboundPolicy {
+            dir: Arc::new(crate::live::Live::fixed(self.dir.get())),
+            store: self.store.clone(),
+            min_free_space: self.min_free_space,
+        }))
     }
 
     fn authenticate(&self, _: &PeerInfo, username: &str, password: &str) -> Option<String> {
-        let who = self.dir.authenticate(username, password);
+        let who = self.dir.get().authenticate(username, password);
         match &who {
             Some(peer) => tracing::info!(%peer, "peer authenticated"),
             None => tracing::warn!(username, "AUTH refused"),
@@ -54,7 +69,7 @@ impl Policy for InboundPolicy {
 
 /// Stores complete messages (the driver's [`smtp::driver::MessageHandler`]).
 pub struct Inbound {
-    pub dir: Arc<Directory>,
+    pub dir: Arc<crate::live::Live<Directory>>,
     pub store: Arc<dyn Spool>,
     /// How long a transit forward without `X-Mms-Expiry` is kept trying.
     pub lifetime: std::time::Duration,
@@ -125,23 +140,22 @@ fn salvage(data: &[u8], mail_from: &str) -> Option<Salvaged> {
 
 impl Inbound {
     fn base_record(&self, msg: &ReceivedMessage, kind: MessageKind) -> StoredMessage {
-        let peer = self
-            .dir
+        let dir = self.dir.get();
+        let peer = dir
             .peers_of(&msg.peer)
             .first()
-            .map(|i| self.dir.peers[*i].cfg.name.clone());
+            .map(|i| dir.peers[*i].cfg.name.clone());
         let rcpts = msg
             .rcpts
             .iter()
             .map(|r| {
-                let (kind, peer) = match self.dir.classify_rcpt(&r.address, &msg.peer) {
+                let (kind, peer) = match dir.classify_rcpt(&r.address, &msg.peer) {
                     Ok(RcptClass::Local(_)) => (RcptKind::Local, None),
                     Ok(RcptClass::System) => (RcptKind::System, None),
                     Ok(RcptClass::Bounce) => (RcptKind::Bounce, None),
-                    Ok(RcptClass::Transit { peer }) => (
-                        RcptKind::Transit,
-                        Some(self.dir.peers[peer].cfg.name.clone()),
-                    ),
+                    Ok(RcptClass::Transit { peer }) => {
+                        (RcptKind::Transit, Some(dir.peers[peer].cfg.name.clone()))
+                    }
                     // Accepted at RCPT time; configuration cannot change mid-session.
                     Err(_) => (RcptKind::System, None),
                 };
@@ -177,10 +191,10 @@ impl Inbound {
 
     /// Decides what a message becomes (stored as `id`), without touching the store.
     fn plan(&self, id: MsgId, msg: &ReceivedMessage) -> Result<Plan, Reply> {
-        let to_bounce = msg
-            .rcpts
-            .iter()
-            .any(|r| r.address.eq_ignore_ascii_case(&self.dir.bounce_address));
+        let to_bounce = msg.rcpts.iter().any(|r| {
+            r.address
+                .eq_ignore_ascii_case(&self.dir.get().bounce_address)
+        });
         let queued = || codes::ok(format!("Ok: queued as {id}"));
 
         if to_bounce && mm4::dsn::looks_like_dsn(&msg.data) {
@@ -224,7 +238,7 @@ impl Inbound {
         // goes to the originator in its own time.
         let transit_hop = msg.rcpts.iter().any(|r| {
             matches!(
-                self.dir.classify_rcpt(&r.address, &msg.peer),
+                self.dir.get().classify_rcpt(&r.address, &msg.peer),
                 Ok(RcptClass::Transit { .. })
             )
         });
@@ -260,7 +274,7 @@ impl Inbound {
         let mut transit = Vec::new();
         let mut idx = 0u32;
         for (r, stored) in msg.rcpts.iter().zip(&rec.rcpts) {
-            match self.dir.classify_rcpt(&r.address, &msg.peer) {
+            match self.dir.get().classify_rcpt(&r.address, &msg.peer) {
                 Ok(RcptClass::Local(n)) => {
                     local.push(n.to_string());
                     ops.push(Op::Deliver {
@@ -357,12 +371,13 @@ impl Inbound {
     /// A peer may only speak for its own MMSE domains (originator-system spoofing).
     fn check_origin(&self, msg: &ReceivedMessage, pdu: &mm4::Pdu<'_>) -> Option<Reply> {
         let domain: mm4::Domain = origin_domain(pdu, &msg.mail_from.address)?.parse().ok()?;
-        let owner = self.dir.peer_for_domain(&domain)?;
-        let peer = &self.dir.peers[owner];
+        let dir = self.dir.get();
+        let owner = dir.peer_for_domain(&domain)?;
+        let peer = &dir.peers[owner];
         let ip = smtp::driver::canonical_ip(msg.peer.addr.ip());
         let speaks_for_it = match &msg.peer.authenticated {
             // Who proved itself speaks for its own domains only.
-            Some(_) => self.dir.peers_of(&msg.peer).contains(&owner),
+            Some(_) => dir.peers_of(&msg.peer).contains(&owner),
             None => peer.allow.is_empty() || peer.allow.iter().any(|n| n.contains(&ip)),
         };
         if speaks_for_it {

@@ -71,7 +71,7 @@ pub struct Answer<'a> {
 /// Builds and queues what we originate.
 pub struct Originator {
     pub store: Arc<dyn Spool>,
-    pub dir: Arc<Directory>,
+    pub dir: Arc<crate::live::Live<Directory>>,
     pub clock: Arc<dyn Clock>,
     /// Our system mailbox: From/Sender of what we originate, where RES come back.
     pub system_address: String,
@@ -167,12 +167,8 @@ impl Originator {
         let peer = peer
             .or_else(|| {
                 let d = addr.as_ref()?.domain()?;
-                Some(
-                    self.dir.peers[self.dir.peer_for_domain(d)?]
-                        .cfg
-                        .name
-                        .clone(),
-                )
+                let dir = self.dir.get();
+                Some(dir.peers[dir.peer_for_domain(d)?].cfg.name.clone())
             })
             .ok_or_else(|| OriginateError::NoPeer(rcpt.to_string()))?;
         let now = self.clock.now_ms();

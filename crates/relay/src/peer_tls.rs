@@ -58,6 +58,15 @@ impl Pin {
     }
 }
 
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTls")
+            .field("verifies", &self.verifies)
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
 /// How we connect to one peer over TLS.
 #[derive(Clone)]
 pub struct PeerTls {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use mm4::enumdns::{self, EnumTarget};
 use mm4::{Address, Domain, E164};
 
-use crate::directory::Directory;
+use crate::directory::{Directory, Peer};
 use crate::dns::{Dns, DnsError};
 
 /// A next hop: the host we were told to use (a configured host or an MX target: the name a
@@ -46,7 +46,7 @@ pub enum Route {
 }
 
 pub struct Router {
-    pub dir: Arc<Directory>,
+    pub dir: Arc<crate::live::Live<Directory>>,
     pub dns: Arc<Dns>,
     pub enum_suffixes: Vec<String>,
     /// Port of MX targets (25 on the GRX; tests use another).
@@ -57,8 +57,8 @@ pub struct Router {
 const MAX_TEL_HOPS: usize = 3;
 
 impl Router {
-    fn peer_route(&self, peer: usize, via: &'static str) -> Route {
-        match self.dir.peers[peer].domains.first() {
+    fn peer_route(dir: &Directory, peer: usize, via: &'static str) -> Route {
+        match dir.peers[peer].domains.first() {
             Some(d) => Route::Peer {
                 peer,
                 domain: d.clone(),
@@ -68,13 +68,19 @@ impl Router {
         }
     }
 
-    /// Routes one recipient. DNS failures are `Err` (transient: try again later).
+    /// Routes one recipient in the directory as it is now (peer indices into that snapshot:
+    /// callers that go on using them take the snapshot first and use [`Router::route_in`]).
     pub async fn route(&self, addr: &Address) -> Result<Route, DnsError> {
+        self.route_in(&self.dir.get(), addr).await
+    }
+
+    /// Routes one recipient in `dir`. DNS failures are `Err` (transient: try again later).
+    pub async fn route_in(&self, dir: &Directory, addr: &Address) -> Result<Route, DnsError> {
         let Some(number) = addr.e164() else {
             // E-mail (or IP) addresses route by their domain.
             return Ok(match addr.domain() {
-                Some(d) if *d == self.dir.domain => Route::Unresolvable,
-                Some(d) => match self.dir.peer_for_domain(d) {
+                Some(d) if *d == dir.domain => Route::Unresolvable,
+                Some(d) => match dir.peer_for_domain(d) {
                     Some(p) => Route::Peer {
                         peer: p,
                         domain: d.clone(),
@@ -87,18 +93,18 @@ impl Router {
         };
         let mut number = number.clone();
         for _ in 0..=MAX_TEL_HOPS {
-            if self.dir.is_local(&number) {
+            if dir.is_local(&number) {
                 return Ok(Route::Local(number));
             }
-            if let Some(p) = self.dir.route_static(&number) {
-                return Ok(self.peer_route(p, "static"));
+            if let Some(p) = dir.route_static(&number) {
+                return Ok(Self::peer_route(dir, p, "static"));
             }
             match self.enum_lookup(&number).await? {
                 Some(EnumTarget::Mailto { domain, .. }) => {
-                    if domain == self.dir.domain {
+                    if domain == dir.domain {
                         return Ok(Route::Local(number));
                     }
-                    if let Some(p) = self.dir.peer_for_domain(&domain) {
+                    if let Some(p) = dir.peer_for_domain(&domain) {
                         return Ok(Route::Peer {
                             peer: p,
                             domain,
@@ -112,8 +118,8 @@ impl Router {
                 _ => break,
             }
         }
-        Ok(match self.dir.default_peer() {
-            Some(p) => self.peer_route(p, "default"),
+        Ok(match dir.default_peer() {
+            Some(p) => Self::peer_route(dir, p, "default"),
             None => Route::Unresolvable,
         })
     }
@@ -131,8 +137,7 @@ impl Router {
 
     /// The next hops of a peer, in order: its hosts, else the MX of `domain` by preference
     /// (then the domain's own address records).
-    pub async fn next_hops(&self, peer: usize, domain: &Domain) -> Result<Vec<Hop>, DnsError> {
-        let p = &self.dir.peers[peer];
+    pub async fn next_hops(&self, p: &Peer, domain: &Domain) -> Result<Vec<Hop>, DnsError> {
         let mut out = Vec::new();
         if !p.cfg.hosts.is_empty() {
             for h in &p.cfg.hosts {

@@ -234,7 +234,7 @@ fn validate(
     now: time::OffsetDateTime,
 ) -> Result<Valid, SubmitError> {
     let from = parse_addr("from", &req.from)?;
-    if from.e164().is_none_or(|n| !router.dir.is_local(n)) {
+    if from.e164().is_none_or(|n| !router.dir.get().is_local(n)) {
         return Err(invalid("from", "not a subscriber of this MMSE"));
     }
     let (to, cc, bcc) = (
@@ -324,6 +324,7 @@ fn build(
 /// id per recipient MMSE (the first keeps the base); one whose routing failed for now (DNS)
 /// is queued unrouted with a transaction id of its own.
 async fn plan(v: &Valid, cfg: &SubmitConfig, router: &Router, base_tid: &str) -> Vec<Planned> {
+    let dir = router.dir.get();
     // Per peer: the transaction being filled and how many recipients it carries. A peer's
     // `max_recipients` starts a new transaction (its own id: each RES settles its own REQ).
     let mut tids: Vec<(String, String, usize)> = Vec::new();
@@ -331,7 +332,7 @@ async fn plan(v: &Valid, cfg: &SubmitConfig, router: &Router, base_tid: &str) ->
     let mut out = Vec::new();
     for (idx, a) in v.to.iter().chain(&v.cc).chain(&v.bcc).enumerate() {
         let shown = a.without_domain().to_string();
-        let p = match router.route(a).await {
+        let p = match router.route_in(&dir, a).await {
             Ok(Route::Local(n)) => Planned {
                 envelope: a.with_domain(cfg.domain.clone()).to_string(),
                 state: RcptState::DeliveredLocal,
@@ -342,11 +343,8 @@ async fn plan(v: &Valid, cfg: &SubmitConfig, router: &Router, base_tid: &str) ->
                 shown,
             },
             Ok(Route::Peer { peer, domain, .. }) => {
-                let name = router.dir.peers[peer].cfg.name.clone();
-                let max = router.dir.peers[peer]
-                    .cfg
-                    .max_recipients
-                    .unwrap_or(usize::MAX);
+                let name = dir.peers[peer].cfg.name.clone();
+                let max = dir.peers[peer].cfg.max_recipients.unwrap_or(usize::MAX);
                 let tid = match tids.iter_mut().find(|(p, _, n)| *p == name && *n < max) {
                     Some((_, t, n)) => {
                         *n += 1;

@@ -55,7 +55,7 @@ domains = ["mms.mnc007.mcc262.gprs"]
     ))
     .unwrap();
     Router {
-        dir: Arc::new(Directory::new(&cfg)),
+        dir: Arc::new(relay::live::Live::new(Directory::new(&cfg))),
         dns: Arc::new(relay::dns::Dns::new(&[dns]).unwrap()),
         enum_suffixes: vec!["e164.arpa".into()],
         mx_port: 2525,
@@ -72,7 +72,7 @@ async fn enum_and_mx_through_a_real_dns_server() {
     let r = router(ns.addr, "");
     match r.route(&n("+491721111111")).await.unwrap() {
         Route::Peer { peer, domain, via } => {
-            assert_eq!(r.dir.peers[peer].cfg.name, "b");
+            assert_eq!(r.dir.get().peers[peer].cfg.name, "b");
             assert_eq!(domain.as_str(), "mms.mnc002.mcc262.gprs");
             assert_eq!(via, "enum");
         }
@@ -80,12 +80,12 @@ async fn enum_and_mx_through_a_real_dns_server() {
     }
     // Order/preference decide among records; the forged one loses on preference.
     match r.route(&n("+491792222222")).await.unwrap() {
-        Route::Peer { peer, .. } => assert_eq!(r.dir.peers[peer].cfg.name, "c"),
+        Route::Peer { peer, .. } => assert_eq!(r.dir.get().peers[peer].cfg.name, "c"),
         other => panic!("{other:?}"),
     }
     // A ported number: followed through E2U+mms:tel.
     match r.route(&n("+491790000001")).await.unwrap() {
-        Route::Peer { peer, .. } => assert_eq!(r.dir.peers[peer].cfg.name, "b"),
+        Route::Peer { peer, .. } => assert_eq!(r.dir.get().peers[peer].cfg.name, "b"),
         other => panic!("{other:?}"),
     }
     // ENUM says it is ours.
@@ -100,7 +100,8 @@ async fn enum_and_mx_through_a_real_dns_server() {
     );
 
     // MX: one exchange, and two in preference order.
-    let b = r.dir.peer_by_name("b").unwrap();
+    let dir = r.dir.get();
+    let b = &dir.peers[dir.peer_by_name("b").unwrap()];
     let hops = r
         .next_hops(b, &"mms.mnc002.mcc262.gprs".parse().unwrap())
         .await
@@ -109,7 +110,7 @@ async fn enum_and_mx_through_a_real_dns_server() {
         .map(|h| h.addr)
         .collect::<Vec<_>>();
     assert_eq!(hops, vec!["127.0.0.2:2525".parse().unwrap()]);
-    let c = r.dir.peer_by_name("c").unwrap();
+    let c = &dir.peers[dir.peer_by_name("c").unwrap()];
     let hops = r
         .next_hops(c, &"mms.mnc007.mcc262.gprs".parse().unwrap())
         .await
@@ -148,7 +149,7 @@ domains = ["mms.mnc001.mcc208.gprs"]
         )
         .unwrap();
         Router {
-            dir: Arc::new(Directory::new(&cfg)),
+            dir: Arc::new(relay::live::Live::new(Directory::new(&cfg))),
             dns: r.dns.clone(),
             enum_suffixes: vec!["e164.arpa".into()],
             mx_port: 2525,
@@ -170,7 +171,7 @@ async fn static_routes_win_and_dns_failure_is_transient() {
     let r = router(dead, "[[route]]\nprefix = \"+4917\"\npeer = \"c\"\n");
     match r.route(&n("+491721111111")).await.unwrap() {
         Route::Peer { peer, via, .. } => {
-            assert_eq!(r.dir.peers[peer].cfg.name, "c");
+            assert_eq!(r.dir.get().peers[peer].cfg.name, "c");
             assert_eq!(via, "static");
         }
         other => panic!("{other:?}"),

@@ -191,7 +191,7 @@ prefixes = ["+49172"]
     let store = Arc::new(Flaky::over(Embedded::open(&dir.0.join("data")).unwrap()));
     let spool: Arc<dyn Spool> = store.clone();
     let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
-    let directory = Arc::new(Directory::new(&cfg));
+    let directory = Arc::new(relay::live::Live::new(Directory::new(&cfg)));
     let exporter = exporter(&dir, spool.clone(), clock.clone());
     let events = Events {
         store: spool.clone(),

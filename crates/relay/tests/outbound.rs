@@ -80,7 +80,7 @@ async fn engine_with(peers: &[PeerSpec<'_>], o: Opts) -> Engine {
     let cfg = Config::from_toml(&toml).unwrap();
     let store = Arc::new(Embedded::open(&dir.0.join("data")).unwrap());
     let spool: Arc<dyn Spool> = store.clone();
-    let dir_ = Arc::new(Directory::new(&cfg));
+    let dir_ = Arc::new(relay::live::Live::new(Directory::new(&cfg)));
     let router = Arc::new(Router {
         dir: dir_,
         dns: Arc::new(relay::dns::Dns::new(&[o.dns]).unwrap()),
@@ -123,16 +123,6 @@ async fn engine_with(peers: &[PeerSpec<'_>], o: Opts) -> Engine {
             max_in_flight: o.max_in_flight,
             max_in_flight_per_peer: o.max_in_flight_per_peer,
             pool_idle: o.pool_idle,
-            peer_tls: cfg
-                .peers
-                .iter()
-                .map(|p| (p.name.clone(), relay::peer_tls::peer_tls(p).unwrap()))
-                .collect(),
-            peer_auth: cfg
-                .peers
-                .iter()
-                .filter_map(|p| Some((p.name.clone(), p.credentials().unwrap()?)))
-                .collect(),
         },
     );
     let (stop, rx) = tokio::sync::watch::channel(false);

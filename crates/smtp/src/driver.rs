@@ -245,7 +245,9 @@ pub async fn serve<H: MessageHandler>(
             tasks.spawn(refuse(tcp, codes::too_many_connections()));
             continue;
         };
-        let (server, policy) = (server.clone(), policy.clone());
+        // The session keeps the policy of its start to its end.
+        let policy = policy.for_session().unwrap_or_else(|| policy.clone());
+        let server = server.clone();
         let (driver, handler, rx) = (driver.clone(), handler.clone(), shutdown.clone());
         tasks.spawn(async move {
             let _slot = slot;

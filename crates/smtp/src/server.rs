@@ -139,6 +139,15 @@ pub trait Policy: Send + Sync {
     fn authenticate(&self, _peer: &PeerInfo, _username: &str, _password: &str) -> Option<String> {
         None
     }
+    /// Whether AUTH is offered (over TLS), besides `ServerConfig::auth_available`.
+    fn offers_auth(&self) -> bool {
+        false
+    }
+    /// The policy one new session keeps to its end (a configuration reloaded meanwhile applies
+    /// to later sessions); `None`: this one.
+    fn for_session(&self) -> Option<Arc<dyn Policy>> {
+        None
+    }
 }
 
 /// A complete message, for the driver to store.
@@ -557,7 +566,7 @@ impl Session {
         if self.cfg.tls_available && !self.peer.tls {
             lines.push("STARTTLS".into());
         }
-        if self.cfg.auth_available && self.peer.tls {
+        if self.auth_offered() && self.peer.tls {
             lines.push("AUTH PLAIN LOGIN".into());
         }
         if !self.cfg.xmm4_versions.is_empty() {
@@ -863,8 +872,12 @@ impl Session {
     /// The TLS handshake succeeded: the session starts over (EHLO required again).
     /// `AUTH <mechanism> [initial-response]` (RFC 4954): only over TLS, once per session,
     /// outside a transaction.
+    fn auth_offered(&self) -> bool {
+        self.cfg.auth_available || self.policy.offers_auth()
+    }
+
     fn auth(&mut self, mechanism: u64, initial: &str) {
-        if !self.cfg.auth_available {
+        if !self.auth_offered() {
             return self.reply(codes::not_implemented());
         }
         if !self.peer.tls {

@@ -115,6 +115,14 @@ impl Relay {
         let _ = self.child.wait();
     }
 
+    /// SIGHUP: re-read the configuration file.
+    pub fn hup(&self) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGHUP);
+        }
+    }
+
     /// SIGTERM and wait for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         // SAFETY: sending a signal to our own child process.

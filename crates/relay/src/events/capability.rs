@@ -30,7 +30,8 @@ impl Events {
         }
         let ttl = CAPABILITY_TTL.as_millis() as i64;
         let mut ops = Vec::new();
-        for p in &self.dir.peers {
+        let dir = self.dir.get();
+        for p in &dir.peers {
             if p.cfg.capabilities != crate::config::CapabilityMode::Exchange {
                 continue;
             }

@@ -35,7 +35,7 @@ pub use crate::originate::{new_tid, our_capabilities};
 
 pub struct Events {
     pub store: Arc<dyn Spool>,
-    pub dir: Arc<Directory>,
+    pub dir: Arc<crate::live::Live<Directory>>,
     pub clock: Arc<dyn Clock>,
     /// Charging records (stored with each event's commit); `None`: none are made.
     pub cdr: Option<Charging>,
@@ -106,7 +106,7 @@ impl Events {
         fx.cdrs.push(Cdr {
             record_type,
             time: now_rfc3339(self.now()),
-            local_rs: self.dir.domain.to_string(),
+            local_rs: self.dir.get().domain.to_string(),
             peer,
             originator: pdu.from.as_ref().map(ToString::to_string),
             recipients: pdu.recipients().map(ToString::to_string).collect(),

@@ -31,7 +31,7 @@ impl Events {
         let peer = recipients.first().and_then(|(_, p)| p.clone());
         fx.cdrs.extend(Cdr::sent(
             &meta,
-            &self.dir.domain.to_string(),
+            &self.dir.get().domain.to_string(),
             peer,
             Some(tid.to_string()),
             recipients.into_iter().map(|(a, _)| a).collect(),

@@ -55,11 +55,6 @@ pub struct OutboundConfig {
     pub max_in_flight_per_peer: usize,
     /// An idle pooled connection older than this is closed rather than reused.
     pub pool_idle: Duration,
-    /// TLS towards each peer by name (verification, client certificate); a peer without an
-    /// entry uses `client.connector` (encryption without authentication).
-    pub peer_tls: HashMap<String, crate::peer_tls::PeerTls>,
-    /// SMTP AUTH towards each peer by name (after TLS only).
-    pub peer_auth: HashMap<String, smtp::client_driver::Credentials>,
 }
 
 impl OutboundConfig {
@@ -88,7 +83,9 @@ pub struct Outbound {
     pub wake: Arc<Notify>,
     /// Recipients in flight per queue (this node's claims being worked on).
     in_flight: Mutex<HashMap<String, usize>>,
-    semaphores: HashMap<String, Arc<Semaphore>>,
+    /// Per peer: this node's connections at once (`max_connections`), made when first needed
+    /// and made again when a reload changes the limit.
+    semaphores: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
     pool: pool::Pool,
     pub capabilities: Mutex<HashMap<String, SeenCapabilities>>,
     /// The last transient failure per peer (time, evidence), for `GET /v1/peers`.
@@ -119,17 +116,6 @@ impl Outbound {
         cfg: OutboundConfig,
         cdr: Option<crate::cdr::Charging>,
     ) -> Arc<Self> {
-        let semaphores = router
-            .dir
-            .peers
-            .iter()
-            .map(|p| {
-                (
-                    p.cfg.name.clone(),
-                    Arc::new(Semaphore::new(p.cfg.max_connections)),
-                )
-            })
-            .collect();
         let pool = pool::Pool::new(cfg.pool_idle);
         Arc::new(Outbound {
             store,
@@ -138,7 +124,7 @@ impl Outbound {
             cfg,
             wake: Arc::new(Notify::new()),
             in_flight: Mutex::new(HashMap::new()),
-            semaphores,
+            semaphores: Mutex::new(HashMap::new()),
             pool,
             capabilities: Mutex::new(HashMap::new()),
             last_error: Mutex::new(HashMap::new()),
@@ -147,6 +133,35 @@ impl Outbound {
             abandoned: Default::default(),
             pacer: Default::default(),
         })
+    }
+
+    /// The peers were reloaded: idle connections made under the old settings (another CA,
+    /// pin, client certificate or credentials) are closed rather than reused.
+    pub fn reloaded(self: &Arc<Self>) {
+        let idle = self.pool.drain();
+        if idle.is_empty() {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            for h in idle {
+                me.close(h).await;
+            }
+        });
+    }
+
+    /// The semaphore of `peer`'s connections on this node, for its current `max_connections`.
+    fn semaphore(&self, peer: &crate::directory::Peer) -> Arc<Semaphore> {
+        let limit = peer.cfg.max_connections;
+        let mut all = self.semaphores.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = all
+            .entry(peer.cfg.name.clone())
+            .or_insert_with(|| (limit, Arc::new(Semaphore::new(limit))));
+        if entry.0 != limit {
+            // Reloaded with another limit: new connections count against the new one.
+            *entry = (limit, Arc::new(Semaphore::new(limit)));
+        }
+        entry.1.clone()
     }
 
     /// Notes a transient failure towards `peer` for `GET /v1/peers`.

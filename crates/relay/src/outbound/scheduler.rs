@@ -140,11 +140,10 @@ impl Outbound {
                 // at any moment — look again shortly rather than at the next full pass.
                 next = Some(next.map_or(now + HELD_POLL_MS, |n| n.min(now + HELD_POLL_MS)));
             }
-            let max = self
-                .router
-                .dir
+            let dir = self.router.dir.get();
+            let max = dir
                 .peer_by_name(&q.queue)
-                .and_then(|i| self.router.dir.peers[i].cfg.max_recipients)
+                .and_then(|i| dir.peers[i].cfg.max_recipients)
                 .unwrap_or(usize::MAX);
             for g in groups(&q.queue, claimed, max)? {
                 self.spawn(tasks, &q.queue, g);

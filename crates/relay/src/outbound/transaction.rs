@@ -11,7 +11,7 @@ use super::policy::Attempt;
 use super::pool::Held;
 use super::render::{render, Rendered};
 use super::{Outbound, SeenCapabilities};
-use crate::directory::Peer;
+use crate::directory::{Directory, Peer};
 use crate::records::StoredMessage;
 use crate::routing::{Hop, Route};
 
@@ -22,8 +22,7 @@ pub type Results = Vec<(Attempt, Option<String>, bool)>;
 impl Outbound {
     /// The peer of a group and its domain (routing again when it was not known at submission:
     /// DNS failed then). Unrouted groups hold one recipient each, routed by its own address.
-    async fn peer_of(&self, g: &Group) -> Result<(usize, Domain), Attempt> {
-        let dir = &self.router.dir;
+    async fn peer_of(&self, dir: &Directory, g: &Group) -> Result<(usize, Domain), Attempt> {
         if let Some(p) = g.peer.as_deref().and_then(|p| dir.peer_by_name(p)) {
             return match dir.peers[p].domains.first() {
                 Some(d) => Ok((p, d.clone())),
@@ -39,7 +38,7 @@ impl Outbound {
                 evidence: "not an MMS address".into(),
             });
         };
-        match self.router.route(&addr).await {
+        match self.router.route_in(dir, &addr).await {
             Ok(Route::Peer { peer, domain, .. }) => Ok((peer, domain)),
             Ok(_) => Err(Attempt::Fail {
                 status: RequestStatus::ErrorSendingAddressUnresolved,
@@ -54,11 +53,13 @@ impl Outbound {
     /// Routes (if needed), builds the message for the peer and runs the transaction.
     pub(super) async fn attempt(&self, g: &Group, meta: &StoredMessage) -> Results {
         let n = g.members.len();
-        let (peer_idx, domain) = match self.peer_of(g).await {
+        // One snapshot of the peers for the whole transaction (a reload may replace them).
+        let dir = self.router.dir.get();
+        let (peer_idx, domain) = match self.peer_of(&dir, g).await {
             Ok(x) => x,
             Err(a) => return vec![(a, g.peer.clone(), false); n],
         };
-        let peer = &self.router.dir.peers[peer_idx];
+        let peer = &dir.peers[peer_idx];
         let peer_name = Some(peer.cfg.name.clone());
         let with_peer = |a: Attempt| vec![(a, peer_name.clone(), false); n];
         // The transaction id of this recipient MMSE's REQ (the message's own for transit).
@@ -98,7 +99,7 @@ impl Outbound {
                 })
                 .collect(),
         };
-        let hops = match self.router.next_hops(peer_idx, &domain).await {
+        let hops = match self.router.next_hops(peer, &domain).await {
             Ok(h) if !h.is_empty() => h,
             Ok(_) => {
                 return with_peer(Attempt::Retry {
@@ -111,11 +112,7 @@ impl Outbound {
                 })
             }
         };
-        let sem = self.semaphores.get(&peer.cfg.name).cloned();
-        let _permit = match &sem {
-            Some(s) => s.clone().acquire_owned().await.ok(),
-            None => None,
-        };
+        let _permit = self.semaphore(peer).acquire_owned().await.ok();
         let mut last = Attempt::Retry {
             evidence: "no next hop answered".into(),
         };
@@ -360,19 +357,19 @@ impl Outbound {
         use crate::config::TlsPolicy;
         use smtp::client_driver::TlsMode;
         let mut cfg = self.cfg.client.clone();
-        let tls = self.cfg.peer_tls.get(&peer.cfg.name);
-        let verifies = tls.is_some_and(|t| t.verifies);
         cfg.tls = match peer.cfg.tls {
             TlsPolicy::None => TlsMode::None,
-            TlsPolicy::Opportunistic if !verifies => TlsMode::Opportunistic,
+            TlsPolicy::Opportunistic if !peer.tls.verifies => TlsMode::Opportunistic,
             TlsPolicy::Opportunistic | TlsPolicy::Required => TlsMode::Required,
             TlsPolicy::Implicit => TlsMode::Implicit,
         };
-        if let Some(t) = tls {
-            cfg.connector = t.connector.clone();
-            cfg.tls_server_name = t.server_name.clone().unwrap_or_else(|| hop.host.clone());
-        }
-        cfg.auth = self.cfg.peer_auth.get(&peer.cfg.name).cloned();
+        cfg.connector = peer.tls.connector.clone();
+        cfg.tls_server_name = peer
+            .tls
+            .server_name
+            .clone()
+            .unwrap_or_else(|| hop.host.clone());
+        cfg.auth = peer.auth.clone();
         cfg
     }
 
