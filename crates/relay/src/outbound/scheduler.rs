@@ -36,22 +36,12 @@ impl Outbound {
     /// Delivers what is due until `shutdown`.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut tasks = tokio::task::JoinSet::new();
-        let mut next_renew = 0i64;
+        let heartbeat = tokio::spawn(self.clone().heartbeat());
         loop {
             if *shutdown.borrow() {
                 break;
             }
             let now = self.clock.now_ms();
-            if now >= next_renew {
-                next_renew = now + (self.cfg.lease.as_millis() as i64 / 3).max(1);
-                if let Err(e) = self
-                    .store
-                    .renew(&self.cfg.node, now.max(0) as u64, self.cfg.lease)
-                    .await
-                {
-                    tracing::error!(error = %e, "scheduler: claims not renewed");
-                }
-            }
             for h in self.pool.expired(now) {
                 self.close(h).await;
             }
@@ -82,6 +72,22 @@ impl Outbound {
         tasks.shutdown().await;
         for h in self.pool.drain() {
             self.close(h).await;
+        }
+        heartbeat.abort();
+    }
+
+    /// Renews every claim of this node every third of the lease, in a task of its own: a slow
+    /// pass of the scheduler (a busy database) must never let the claims of work under way
+    /// lapse, or another node would send it too. It runs until the scheduler has seen its last
+    /// deliveries finish (then it is stopped).
+    async fn heartbeat(self: Arc<Self>) {
+        let every = (self.cfg.lease / 3).max(Duration::from_millis(1));
+        loop {
+            let now = self.clock.now_ms().max(0) as u64;
+            if let Err(e) = self.store.renew(&self.cfg.node, now, self.cfg.lease).await {
+                tracing::error!(error = %e, "heartbeat: claims not renewed");
+            }
+            tokio::time::sleep(every).await;
         }
     }
 
