@@ -16,6 +16,8 @@ pub enum IndexKey<'a> {
     ExpiredReport { mm: MsgId, subscriber: &'a str },
     /// A peer whose deliveries are held (maintenance), cluster-wide.
     PeerPaused(&'a str),
+    /// The spacing of a peer's transactions (`max_rate`), cluster-wide.
+    PeerPace(&'a str),
 }
 
 impl fmt::Display for IndexKey<'_> {
@@ -26,6 +28,7 @@ impl fmt::Display for IndexKey<'_> {
             IndexKey::MmId(m) => write!(f, "mid:{}", mm4::parse::unquote(m)),
             IndexKey::ExpiredReport { mm, subscriber } => write!(f, "expdr:{mm}:{subscriber}"),
             IndexKey::PeerPaused(p) => write!(f, "paused:{p}"),
+            IndexKey::PeerPace(p) => write!(f, "pace:{p}"),
         }
     }
 }

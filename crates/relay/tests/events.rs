@@ -141,6 +141,9 @@ impl Spool for Flaky {
             .claim_slot(peer, limit, owner, now, lease)
             .await
     }
+    async fn pace(&self, key: &str, now: u64, interval: u64) -> Result<u64, StoreError> {
+        self.inner().pace(key, now, interval).await
+    }
     async fn release_slot(&self, slot: &Slot) -> Result<(), StoreError> {
         self.inner().release_slot(slot).await
     }

@@ -395,6 +395,10 @@ pub trait Spool: Send + Sync {
         now: u64,
         lease: Duration,
     ) -> Result<Option<Slot>, StoreError>;
+    /// Reserves the next start of work spaced by `interval` ms under `key` (a peer's
+    /// `max_rate`), shared by every owner of the store: the start (unix ms, at least `now`).
+    async fn pace(&self, key: &str, now: u64, interval: u64) -> Result<u64, StoreError>;
+
     /// Gives a slot back (its connection is closed).
     async fn release_slot(&self, slot: &Slot) -> Result<(), StoreError>;
 

@@ -51,6 +51,8 @@ struct Shared {
     /// Charging records claimed by an exporter: who, and when (unix ms). In memory: one
     /// process uses this store, and its exporter re-checks its files after a restart.
     cdr_marks: Mutex<HashMap<MsgId, (String, u64)>>,
+    /// Spacing of work per key (one process: in memory).
+    pacer: crate::pace::Pacer,
 }
 
 impl Shared {
@@ -165,6 +167,7 @@ impl Embedded {
             depth: Mutex::new(depth),
             heartbeats: Mutex::new(HashMap::new()),
             cdr_marks: Mutex::new(HashMap::new()),
+            pacer: Default::default(),
         });
         let stats = Arc::new(Stats::default());
         let writer = Writer::spawn(
@@ -694,6 +697,10 @@ impl Spool for Embedded {
                 n,
                 token,
             }))
+    }
+
+    async fn pace(&self, key: &str, now: u64, interval: u64) -> Result<u64, StoreError> {
+        Ok(self.shared.pacer.reserve(key, now, interval))
     }
 
     async fn release_slot(&self, slot: &Slot) -> Result<(), StoreError> {

@@ -16,6 +16,7 @@
 pub mod contract;
 pub mod embedded;
 pub mod lease;
+pub mod pace;
 pub mod postgres;
 pub mod writer;
 

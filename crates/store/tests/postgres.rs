@@ -72,9 +72,9 @@ async fn an_older_schema_is_migrated_forward() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    // A version-1 database: before the charging-record outbox.
+    // A version-1 database: before the charging-record outbox and the pacing table.
     client
-        .batch_execute("DROP TABLE cdrs; UPDATE mmsrelay_schema SET version = 1")
+        .batch_execute("DROP TABLE cdrs; DROP TABLE pace; UPDATE mmsrelay_schema SET version = 1")
         .await
         .unwrap();
     let s = Postgres::open(&url, 2, "n0", None).await.unwrap();

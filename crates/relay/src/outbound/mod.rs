@@ -9,7 +9,6 @@
 //! - [`pool`]: idle connections per peer, checked before reuse and closed when stale.
 
 pub mod delivery;
-mod pace;
 pub mod policy;
 pub mod pool;
 pub mod render;
@@ -95,8 +94,6 @@ pub struct Outbound {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Claims given up after a store error, to be released.
     abandoned: crate::abandoned::Abandoned,
-    /// Spacing of transactions per peer (`max_rate`).
-    pacer: pace::Pacer,
 }
 
 impl Outbound {
@@ -131,7 +128,6 @@ impl Outbound {
             cdr,
             metrics: Arc::new(crate::metrics::Metrics::default()),
             abandoned: Default::default(),
-            pacer: Default::default(),
         })
     }
 

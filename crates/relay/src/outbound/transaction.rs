@@ -272,6 +272,31 @@ impl Outbound {
         }
     }
 
+    /// Waits for the next start `max_rate` allows towards `peer` (cluster-wide). A store that
+    /// cannot say waits one interval: better late than faster than the peer allows.
+    async fn wait_for_slot(&self, peer: &str, rate: f64) {
+        let interval = (1000.0 / rate).ceil().max(1.0) as u64;
+        let now = self.clock.now_ms().max(0) as u64;
+        let start = match self
+            .store
+            .pace(
+                &crate::keys::IndexKey::PeerPace(peer).to_string(),
+                now,
+                interval,
+            )
+            .await
+        {
+            Ok(start) => start,
+            Err(e) => {
+                tracing::warn!(peer, error = %e, "pacing unknown: waiting one interval");
+                now + interval
+            }
+        };
+        if start > now {
+            tokio::time::sleep(std::time::Duration::from_millis(start - now)).await;
+        }
+    }
+
     /// Closes a connection and gives its slot back.
     pub(super) async fn close(&self, h: Held) {
         h.conn.quit().await;
@@ -289,14 +314,10 @@ impl Outbound {
     ) -> Result<Vec<Attempt>, Attempt> {
         let Held { mut conn, slot } = held;
         // `max_rate`: the transaction (its MAIL) starts no sooner than the peer's next slot,
-        // on a connection that is ready — the spacing the peer sees is the spacing we keep.
+        // kept in the store so every node of a cluster shares it, on a connection that is
+        // ready — the spacing the peer sees is the spacing we keep.
         if let Some(rate) = peer.cfg.max_rate {
-            let wait = self
-                .pacer
-                .reserve(&peer.cfg.name, rate, self.clock.now_ms());
-            if wait > 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(wait as u64)).await;
-            }
+            self.wait_for_slot(&peer.cfg.name, rate).await;
         }
         let mut sent = conn.send(env, bytes).await;
         if let Ok(Err(PlanError::NeedsDowngrade)) = sent {

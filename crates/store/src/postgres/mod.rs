@@ -440,6 +440,21 @@ impl Spool for Postgres {
         Ok(None)
     }
 
+    async fn pace(&self, key: &str, now: u64, interval: u64) -> Result<u64, StoreError> {
+        let c = self.client().await?;
+        let (now, interval) = (now as i64, interval as i64);
+        let row = q_opt(
+            &c,
+            "INSERT INTO pace (key, next) VALUES ($1, $2::bigint + $3::bigint) \
+             ON CONFLICT (key) DO UPDATE SET next = GREATEST(pace.next, $2::bigint) + $3::bigint \
+             RETURNING next - $3::bigint",
+            &[&key, &now, &interval],
+        )
+        .await
+        .map_err(db)?;
+        Ok(row.map_or(now, |r| r.get::<_, i64>(0)) as u64)
+    }
+
     async fn release_slot(&self, slot: &Slot) -> Result<(), StoreError> {
         let c = self.client().await?;
         q_exec(

@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 use crate::contract::StoreError;
 
 /// The schema this build knows.
-pub const VERSION: i32 = 2;
+pub const VERSION: i32 = 3;
 
 /// An arbitrary constant: the advisory lock that serializes migrations between nodes.
 const MIGRATION_LOCK: i64 = 0x6d6d_7372_656c_6179;
@@ -60,8 +60,11 @@ CREATE TABLE cdrs (id bigint PRIMARY KEY, record bytea NOT NULL, exporter text, 
 CREATE INDEX cdrs_exporter ON cdrs (exporter) WHERE exporter IS NOT NULL;
 "#;
 
+/// Version 3: spacing of work per key (a peer's `max_rate`, shared by every node).
+const V3: &str = "CREATE TABLE pace (key text PRIMARY KEY, next bigint NOT NULL);";
+
 /// Each version's statements, in order: a database at version `n` runs the ones after `n`.
-const STEPS: [&str; VERSION as usize] = [V1, V2];
+const STEPS: [&str; VERSION as usize] = [V1, V2, V3];
 
 fn err(e: tokio_postgres::Error) -> StoreError {
     StoreError::Db(format!("schema: {e}"))

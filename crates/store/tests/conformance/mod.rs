@@ -98,13 +98,14 @@ pub async fn run_all(b: &impl Backend) {
     a_charging_record_can_depend_on_the_write_it_charges(b).await;
     ids_are_never_handed_out_twice_across_a_reopening(b).await;
     a_released_claim_is_not_kept_by_the_heartbeat(b).await;
+    pacing_is_shared_by_every_owner(b).await;
 }
 
 /// One test per check of the battery for a backend: `battery!(|| backend);`.
 #[macro_export]
 macro_rules! battery {
     ($backend:expr) => {
-        $crate::battery!(@each $backend; commit_is_atomic_and_survives_reopening, the_store_moves_the_due_entry_and_counts_queues, compare_and_set_by_version, claims_follow_due_order_per_queue_and_exclude_each_other, a_finished_claim_is_not_handed_out_again, an_expired_claim_is_taken_over_and_the_late_owner_is_refused, a_write_by_someone_else_ends_the_claim, renewing_keeps_a_claim, events_are_claimed_and_deleted_by_their_owner_only, all_or_nothing_applies_nothing_on_a_conflict, dedupe_files_once, named_jobs_have_one_owner, concurrent_claimers_never_share_work, concurrent_commits_share_syncs, nodes_report_heartbeats_and_claims, a_restarted_node_does_not_keep_its_old_claims, connection_slots_are_counted_across_owners, charging_records_have_one_exporter_and_are_finished_once, a_charging_record_can_depend_on_the_write_it_charges, ids_are_never_handed_out_twice_across_a_reopening, a_released_claim_is_not_kept_by_the_heartbeat);
+        $crate::battery!(@each $backend; commit_is_atomic_and_survives_reopening, the_store_moves_the_due_entry_and_counts_queues, compare_and_set_by_version, claims_follow_due_order_per_queue_and_exclude_each_other, a_finished_claim_is_not_handed_out_again, an_expired_claim_is_taken_over_and_the_late_owner_is_refused, a_write_by_someone_else_ends_the_claim, renewing_keeps_a_claim, events_are_claimed_and_deleted_by_their_owner_only, all_or_nothing_applies_nothing_on_a_conflict, dedupe_files_once, named_jobs_have_one_owner, concurrent_claimers_never_share_work, concurrent_commits_share_syncs, nodes_report_heartbeats_and_claims, a_restarted_node_does_not_keep_its_old_claims, connection_slots_are_counted_across_owners, charging_records_have_one_exporter_and_are_finished_once, a_charging_record_can_depend_on_the_write_it_charges, ids_are_never_handed_out_twice_across_a_reopening, a_released_claim_is_not_kept_by_the_heartbeat, pacing_is_shared_by_every_owner);
     };
     (@each $backend:expr; $($name:ident),*) => {
         $(
@@ -857,4 +858,25 @@ pub async fn a_released_claim_is_not_kept_by_the_heartbeat(b: &impl Backend) {
         token: Some(ev[0].token),
     };
     assert_eq!(one(&*s, stale).await, OpResult::Conflict);
+}
+
+pub async fn pacing_is_shared_by_every_owner(b: &impl Backend) {
+    let s = b.fresh().await;
+    // Two nodes sending to one peer at 5 per second: one spacing between them.
+    let mut starts = Vec::new();
+    for _ in 0..3 {
+        starts.push(s.pace("peer:b", 1_000, 200).await.unwrap());
+        starts.push(s.pace("peer:b", 1_000, 200).await.unwrap());
+    }
+    assert_eq!(starts, [1_000, 1_200, 1_400, 1_600, 1_800, 2_000]);
+    assert_eq!(
+        s.pace("peer:c", 1_000, 200).await.unwrap(),
+        1_000,
+        "per key"
+    );
+    assert_eq!(
+        s.pace("peer:b", 5_000, 200).await.unwrap(),
+        5_000,
+        "no credit saved up"
+    );
 }
