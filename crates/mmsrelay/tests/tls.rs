@@ -68,6 +68,18 @@ struct Op {
     api: String,
 }
 
+impl Op {
+    /// Starts the relay of `cfg` (its API on 127.0.0.1:`api`) in `dir`.
+    fn start(dir: TempDir, cfg: &str, smtp: SocketAddr, api: u16) -> Op {
+        let relay = Relay::start(&dir.0, cfg, smtp);
+        Op {
+            _dir: dir,
+            _relay: relay,
+            api: format!("http://127.0.0.1:{api}"),
+        }
+    }
+}
+
 /// Operator B (+49172): its certificate, STARTTLS on `smtp`, implicit TLS on `smtps`; `a_extra`
 /// goes into its `[[peer]]` for operator A.
 fn operator_b(
@@ -107,12 +119,7 @@ allow = ["127.0.0.1/32"]
 "#,
         store = dir.0.join("data").display()
     );
-    let relay = Relay::start(&dir.0, &cfg, smtp);
-    Op {
-        _dir: dir,
-        _relay: relay,
-        api: format!("http://127.0.0.1:{api}"),
-    }
+    Op::start(dir, &cfg, smtp, api)
 }
 
 /// Operator A (+1555), sending to B at `host` with these `[[peer]]` TLS lines.
@@ -147,12 +154,7 @@ hosts = ["{host}"]
 "#,
         store = dir.0.join("data").display()
     );
-    let relay = Relay::start(&dir.0, &cfg, smtp);
-    Op {
-        _dir: dir,
-        _relay: relay,
-        api: format!("http://127.0.0.1:{api}"),
-    }
+    Op::start(dir, &cfg, smtp, api)
 }
 
 fn submit(a: &Op, to: &str) -> String {
