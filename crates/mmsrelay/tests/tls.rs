@@ -473,7 +473,7 @@ fn mutual_tls_accepted_and_refused() {
         (String::new(), "530 5.7.0 A client certificate"),
         (
             format!("client_cert = \"{s_cert}\"\nclient_key = \"{s_key}\""),
-            "UnknownCA",
+            "certificate: the peer refused our client certificate (UnknownCA)",
         ),
     ] {
         let a = operator_a(

@@ -101,7 +101,7 @@ pub enum SessionError {
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
     #[error("I/O: {0}")]
-    Io(#[from] std::io::Error),
+    Io(#[source] std::io::Error),
     #[error("connection closed by the server")]
     Closed,
     #[error("protocol: {0}")]
@@ -121,6 +121,29 @@ pub enum SessionError {
     /// The server refused our credentials.
     #[error("AUTH refused: {0}")]
     AuthRefused(Reply),
+}
+
+impl From<std::io::Error> for SessionError {
+    /// An I/O error — unless it is the peer refusing our client certificate, which TLS 1.3
+    /// reports only on the first read after the handshake: that is said as such.
+    fn from(e: std::io::Error) -> SessionError {
+        use rustls::AlertDescription as A;
+        match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            Some(rustls::Error::AlertReceived(
+                a @ (A::UnknownCA
+                | A::BadCertificate
+                | A::CertificateRequired
+                | A::CertificateUnknown
+                | A::CertificateExpired
+                | A::CertificateRevoked
+                | A::UnsupportedCertificate
+                | A::AccessDenied),
+            )) => SessionError::Certificate(format!(
+                "the peer refused our client certificate ({a:?})"
+            )),
+            _ => SessionError::Io(e),
+        }
+    }
 }
 
 /// A failed TLS handshake: a certificate that does not verify says so; anything else is a TLS
