@@ -156,7 +156,8 @@ impl Inbound {
                     Ok(RcptClass::Transit { peer }) => {
                         (RcptKind::Transit, Some(dir.peers[peer].cfg.name.clone()))
                     }
-                    // Accepted at RCPT time; configuration cannot change mid-session.
+                    // Accepted at RCPT time by the session's configuration; only a reload
+                    // since then can refuse it now: kept (for the relay to look at), not lost.
                     Err(_) => (RcptKind::System, None),
                 };
                 StoredRcpt {
