@@ -699,3 +699,48 @@ fn pausing_a_peer_through_the_api_holds_its_deliveries_until_resumed() {
     assert_eq!(peers[0]["paused"], false);
     drop(b);
 }
+
+#[test]
+fn every_api_error_is_the_json_error_object() {
+    let a = operator_a("\"127.0.0.1:9\"", "");
+    // A method the route does not have.
+    let (code, v) = http("DELETE", &a.api, "/v1/messages", None);
+    assert_eq!(
+        (code, &v["error"]["code"]),
+        (405, &json!("method_not_allowed")),
+        "{v}"
+    );
+    // An unknown path.
+    let (code, v) = http("GET", &a.api, "/v1/nothing", None);
+    assert_eq!(
+        (code, &v["error"]["code"]),
+        (404, &json!("not_found")),
+        "{v}"
+    );
+    // Bad JSON.
+    let (code, v) = http("POST", &a.api, "/v1/messages", Some("{not json"));
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"]["message"].is_string(), "{v}");
+    // A body over the limit (written by a thread: the relay may answer before taking it all).
+    use std::io::{Read, Write};
+    let addr = a.api.trim_start_matches("http://").to_string();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let big = 8 * 1024 * 1024;
+    let writer = std::thread::spawn(move || {
+        let head = format!(
+            "POST /v1/messages HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+Content-Type: application/json\r\nContent-Length: {big}\r\n\r\n"
+        );
+        let _ = w.write_all(head.as_bytes());
+        let _ = w.write_all(&vec![b' '; big]);
+    });
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let v: Value = serde_json::from_str(body.trim()).unwrap_or(Value::Null);
+    assert_eq!(v["error"]["code"], "too_large", "{resp}");
+    let _ = writer.join();
+}

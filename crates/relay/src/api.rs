@@ -837,6 +837,45 @@ async fn fallback() -> ApiError {
     not_found("resource")
 }
 
+/// Every error leaves the API as the JSON error object, also those the framework makes before
+/// a handler runs (a body over the limit, a method a route does not have, a path that does not
+/// parse): their status and text are kept, in the contract's shape.
+async fn json_errors(res: Response) -> Response {
+    let status = res.status();
+    let json = res
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, 16 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "unprocessable",
+        s if s.is_server_error() => "internal_error",
+        _ => "bad_request",
+    };
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    // The framework's headers stay (`Allow` on a 405); the body and its type are ours.
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    parts.headers.remove(axum::http::header::CONTENT_TYPE);
+    let body = Json(json!({"error": {"code": code, "message": message}}));
+    (parts, body).into_response()
+}
+
 /// The router of the API.
 pub fn routes(api: Arc<Api>) -> Http {
     Http::new()
@@ -857,6 +896,7 @@ pub fn routes(api: Arc<Api>) -> Http {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(fallback)
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(api)
 }
 

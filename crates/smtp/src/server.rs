@@ -19,6 +19,9 @@ use smtp_proto::{Error as ProtoError, Request};
 
 use crate::reply::{codes, Reply};
 
+/// The longest command line RFC 5321 allows (§4.5.3.1.4), CRLF included.
+const COMMAND_LINE: usize = 512;
+
 /// Limits and identity of a listener. Every limit has a safe default.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -436,6 +439,16 @@ impl Session {
         if line.contains(&0) {
             self.reply(codes::nul_in_command());
             return None;
+        }
+        // RFC 5321 §4.5.3.1.4: 512 octets, CRLF included. Only MAIL and RCPT may be longer —
+        // the extensions we offer (SIZE, DSN's ENVID and ORCPT, BODY, SMTPUTF8) raise their
+        // limit — up to `max_command_line`.
+        if line.len() > COMMAND_LINE {
+            let verb = line.get(..4).map(<[u8]>::to_ascii_uppercase);
+            if !matches!(verb.as_deref(), Some(b"MAIL" | b"RCPT")) {
+                self.reply(codes::line_too_long());
+                return None;
+            }
         }
         // Our private MAIL parameter, taken out before the standard parser sees the line.
         let (line, xmm4_sync) = take_xmm4_param(&line);

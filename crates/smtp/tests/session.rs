@@ -390,9 +390,39 @@ fn legal_pipelining_is_answered_in_one_group() {
 fn long_command_lines() {
     let mut h = Harness::new();
     h.ehlo();
-    // Up to 2048 octets are tolerated.
-    let ok = format!("NOOP {}\r\n", "x".repeat(2000));
+    // 512 octets with CRLF (RFC 5321 §4.5.3.1.4) ...
+    let ok = format!("NOOP {}\r\n", "x".repeat(512 - 7));
     assert_eq!(h.send(ok.as_bytes()), "250 2.0.0 OK\r\n");
+    // ... and not one more, for a command no extension of ours lengthens.
+    let long = format!("NOOP {}\r\n", "x".repeat(512 - 6));
+    assert_eq!(
+        h.send(long.as_bytes()),
+        "500 5.5.2 Command line too long\r\n"
+    );
+    let long = format!("NOOP {}\r\n", "x".repeat(511));
+    assert_eq!(
+        h.send(long.as_bytes()),
+        "500 5.5.2 Command line too long\r\n"
+    );
+    // MAIL and RCPT with the parameters we offer may be longer (up to 2048 octets).
+    let label = "d".repeat(60);
+    let from = format!("{}@{label}.{label}.{label}.test", "l".repeat(64));
+    let envid = "e".repeat(100);
+    let mail = format!(
+        "MAIL FROM:<{from}> SIZE=100 BODY=8BITMIME RET=HDRS ENVID={envid} XMM4-RES=SYNC\r\n"
+    );
+    assert!(mail.len() > 400, "{}", mail.len());
+    assert_eq!(h.send(mail.as_bytes()), "250 2.1.0 Sender OK\r\n");
+    // An ORCPT in xtext (each `+` written as `+2B`) makes a valid RCPT line longer than 512.
+    let xlabel = "+64".repeat(60);
+    let orcpt = format!(
+        "rfc822;{}@{xlabel}.{xlabel}.{xlabel}.test",
+        "+2B".repeat(64)
+    );
+    let rcpt = format!("RCPT TO:<x@ok.test> NOTIFY=SUCCESS,FAILURE,DELAY ORCPT={orcpt}\r\n");
+    assert!(rcpt.len() > 512, "{}", rcpt.len());
+    assert_eq!(h.send(rcpt.as_bytes()), "250 2.1.5 Recipient OK\r\n");
+    h.send(b"RSET\r\n");
     // A huge line is refused without being buffered whole, and the session continues.
     for _ in 0..50 {
         h.send(&[b'y'; 10_000]);
