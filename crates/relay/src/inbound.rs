@@ -192,10 +192,12 @@ impl Inbound {
 
     /// Decides what a message becomes (stored as `id`), without touching the store.
     fn plan(&self, id: MsgId, msg: &ReceivedMessage) -> Result<Plan, Reply> {
-        let to_bounce = msg.rcpts.iter().any(|r| {
-            r.address
-                .eq_ignore_ascii_case(&self.dir.get().bounce_address)
-        });
+        // One snapshot of the directory for the whole message (a reload may replace it).
+        let dir = self.dir.get();
+        let to_bounce = msg
+            .rcpts
+            .iter()
+            .any(|r| r.address.eq_ignore_ascii_case(&dir.bounce_address));
         let queued = || codes::ok(format!("Ok: queued as {id}"));
 
         if to_bounce && mm4::dsn::looks_like_dsn(&msg.data) {
@@ -239,7 +241,7 @@ impl Inbound {
         // goes to the originator in its own time.
         let transit_hop = msg.rcpts.iter().any(|r| {
             matches!(
-                self.dir.get().classify_rcpt(&r.address, &msg.peer),
+                dir.classify_rcpt(&r.address, &msg.peer),
                 Ok(RcptClass::Transit { .. })
             )
         });
@@ -275,7 +277,7 @@ impl Inbound {
         let mut transit = Vec::new();
         let mut idx = 0u32;
         for (r, stored) in msg.rcpts.iter().zip(&rec.rcpts) {
-            match self.dir.get().classify_rcpt(&r.address, &msg.peer) {
+            match dir.classify_rcpt(&r.address, &msg.peer) {
                 Ok(RcptClass::Local(n)) => {
                     local.push(n.to_string());
                     ops.push(Op::Deliver {

@@ -225,6 +225,40 @@ prefixes = ["+49172"]
     }
 }
 
+/// A stored MM4 PDU of `message_type` received from operator B (the fields the tests vary are
+/// overridden by the caller).
+fn stored(
+    s: &Setup,
+    message_type: &str,
+    tid: &str,
+    mail_from: &str,
+    rcpt: StoredRcpt,
+    size: usize,
+) -> StoredMessage {
+    StoredMessage {
+        received_at: s.clock.now_ms(),
+        source: "127.0.0.2:1000".into(),
+        peer: Some("b".into()),
+        helo: "b".into(),
+        mail_from: mail_from.into(),
+        rcpts: vec![rcpt],
+        kind: MessageKind::Mm4 {
+            message_type: message_type.into(),
+        },
+        transaction_id: Some(tid.into()),
+        mm_message_id: None,
+        originator_system: None,
+        size,
+        xmm4_sync: false,
+        tls: false,
+        envid: None,
+        expires_at: None,
+        originated: false,
+        from: None,
+        subject: None,
+    }
+}
+
 /// A forward from operator B for our subscriber, asking for its RES, as inbound stores it.
 async fn forward_received(s: &Setup) -> MsgId {
     let body = "X-Mms-3GPP-MMS-Version: 6.16.0\r\nX-Mms-Message-Type: MM4_forward.REQ\r\n\
@@ -234,31 +268,21 @@ X-Mms-Originator-System: system-user@mms.mnc002.mcc262.gprs\r\n\
 Content-Type: text/plain\r\n\r\nhello\r\n";
     let id = s.store.next_id().await.unwrap();
     let meta = StoredMessage {
-        received_at: s.clock.now_ms(),
-        source: "127.0.0.2:1000".into(),
-        peer: Some("b".into()),
-        helo: "b".into(),
-        mail_from: "+491721234567/TYPE=PLMN@mms.mnc002.mcc262.gprs".into(),
-        rcpts: vec![StoredRcpt {
-            address: "+15550000001/TYPE=PLMN@mms.mnc001.mcc001.gprs".into(),
-            kind: RcptKind::Local,
-            peer: None,
-            orcpt: None,
-        }],
-        kind: MessageKind::Mm4 {
-            message_type: "MM4_forward.REQ".into(),
-        },
-        transaction_id: Some("T-1".into()),
         mm_message_id: Some("M-1@mms.mnc002.mcc262.gprs".into()),
         originator_system: Some("system-user@mms.mnc002.mcc262.gprs".into()),
-        size: body.len(),
-        xmm4_sync: false,
-        tls: false,
-        envid: None,
-        expires_at: None,
-        originated: false,
-        from: None,
-        subject: None,
+        ..stored(
+            s,
+            "MM4_forward.REQ",
+            "T-1",
+            "+491721234567/TYPE=PLMN@mms.mnc002.mcc262.gprs",
+            StoredRcpt {
+                address: "+15550000001/TYPE=PLMN@mms.mnc001.mcc001.gprs".into(),
+                kind: RcptKind::Local,
+                peer: None,
+                orcpt: None,
+            },
+            body.len(),
+        )
     };
     let event = Event::ForwardReceived {
         ack_request: true,
@@ -480,31 +504,25 @@ async fn sent_but_not_recorded(s: &Setup) -> (MsgId, u64) {
     let id = s.store.next_id().await.unwrap();
     let to = "+491721111111/TYPE=PLMN@mms.mnc002.mcc262.gprs";
     let meta = StoredMessage {
-        received_at: s.clock.now_ms(),
         source: "api".into(),
         peer: None,
         helo: String::new(),
-        mail_from: "+15550000001/TYPE=PLMN@mms.mnc001.mcc001.gprs".into(),
-        rcpts: vec![StoredRcpt {
-            address: to.into(),
-            kind: RcptKind::Transit,
-            peer: Some("b".into()),
-            orcpt: None,
-        }],
-        kind: MessageKind::Mm4 {
-            message_type: "MM4_forward.REQ".into(),
-        },
-        transaction_id: Some("T-9".into()),
         mm_message_id: Some("M-9@mms.mnc001.mcc001.gprs".into()),
-        originator_system: None,
-        size: 100,
-        xmm4_sync: false,
-        tls: false,
-        envid: None,
-        expires_at: None,
         originated: true,
         from: Some("+15550000001/TYPE=PLMN".into()),
-        subject: None,
+        ..stored(
+            s,
+            "MM4_forward.REQ",
+            "T-9",
+            "+15550000001/TYPE=PLMN@mms.mnc001.mcc001.gprs",
+            StoredRcpt {
+                address: to.into(),
+                kind: RcptKind::Transit,
+                peer: Some("b".into()),
+                orcpt: None,
+            },
+            100,
+        )
     };
     let mut st = RecipientState::new(to.into(), RcptState::Queued, Some("b".into()), 0);
     st.tid = Some("T-9".into());
@@ -536,33 +554,19 @@ From: system-user@mms.mnc002.mcc262.gprs\r\nSender: system-user@mms.mnc002.mcc26
 To: system-user@mms.mnc001.mcc001.gprs\r\nDate: Wed, 25 Nov 2026 12:34:58 +0100\r\n\
 Message-ID: <res-9@mms.mnc002.mcc262.gprs>\r\nContent-Type: text/plain\r\n\r\n";
     let id = s.store.next_id().await.unwrap();
-    let meta = StoredMessage {
-        received_at: s.clock.now_ms(),
-        source: "127.0.0.2:1000".into(),
-        peer: Some("b".into()),
-        helo: "b".into(),
-        mail_from: "system-user@mms.mnc002.mcc262.gprs".into(),
-        rcpts: vec![StoredRcpt {
+    let meta = stored(
+        s,
+        "MM4_forward.RES",
+        "T-9",
+        "system-user@mms.mnc002.mcc262.gprs",
+        StoredRcpt {
             address: "system-user@mms.mnc001.mcc001.gprs".into(),
             kind: RcptKind::System,
             peer: None,
             orcpt: None,
-        }],
-        kind: MessageKind::Mm4 {
-            message_type: "MM4_forward.RES".into(),
         },
-        transaction_id: Some("T-9".into()),
-        mm_message_id: None,
-        originator_system: None,
-        size: body.len(),
-        xmm4_sync: false,
-        tls: false,
-        envid: None,
-        expires_at: None,
-        originated: false,
-        from: None,
-        subject: None,
-    };
+        body.len(),
+    );
     let event = Event::Pdu {
         message_type: "MM4_forward.RES".into(),
     };
