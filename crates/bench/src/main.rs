@@ -281,6 +281,8 @@ pub async fn sink(listen: SocketAddr, xmm4: bool) -> std::io::Result<()> {
         hostname: "sink.mmsrelay.invalid".into(),
         max_message_size: 64 * 1024 * 1024,
         xmm4_versions: if xmm4 { vec!["6.16.0".into()] } else { vec![] },
+        // The sink measures the protocol: no trace line.
+        trace: None,
         ..smtp::ServerConfig::default()
     });
     let (_tx, rx) = tokio::sync::watch::channel(false);

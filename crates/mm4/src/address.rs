@@ -245,6 +245,14 @@ impl fmt::Display for Address {
     }
 }
 
+/// The first entry of an address list, as written (display name and brackets stripped).
+pub fn first_of_list(s: &str) -> Option<String> {
+    split_list(s)
+        .into_iter()
+        .map(|p| addr_spec(p).to_string())
+        .find(|p| !p.is_empty())
+}
+
 /// Splits at commas outside quotes, comments and angle brackets.
 fn split_list(s: &str) -> Vec<&str> {
     let mut out = Vec::new();

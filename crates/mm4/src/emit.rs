@@ -8,6 +8,7 @@ use base64::Engine;
 use time::format_description::well_known::Rfc2822;
 
 use crate::address::Address;
+use crate::dialect::{AddressForm, ReadReplyHeader, StatusHeader};
 use crate::pdu::{ApplicIds, Capabilities, Expiry, Kind, Pdu, Response};
 use crate::values::{bool_str, RequestStatus};
 use crate::version::Version;
@@ -21,6 +22,12 @@ pub struct Profile {
     pub quote_ids: bool,
     /// The peer accepts the MM1-style `Error-transient-*`/`Error-permanent-*` codes.
     pub mm1_status_codes: bool,
+    /// How numbers are written in `From`, `To`, `Cc`, `Sender`.
+    pub address_form: AddressForm,
+    /// The header a delivery report's status goes in.
+    pub status_header: StatusHeader,
+    /// The header a forward asks for a read reply with.
+    pub read_reply_header: ReadReplyHeader,
 }
 
 impl Default for Profile {
@@ -29,6 +36,9 @@ impl Default for Profile {
             version: Some(Version::V6_16_0),
             quote_ids: true,
             mm1_status_codes: false,
+            address_form: AddressForm::Plmn,
+            status_header: StatusHeader::MmStatusCode,
+            read_reply_header: ReadReplyHeader::ReadReply,
         }
     }
 }
@@ -41,6 +51,7 @@ impl Profile {
             version: None,
             quote_ids: true,
             mm1_status_codes: true,
+            ..Profile::default()
         }
     }
 }
@@ -166,13 +177,18 @@ impl Writer {
         }
     }
 
-    fn addresses(&mut self, name: &str, list: &[Address]) -> Result<(), EmitError> {
+    fn addresses(
+        &mut self,
+        name: &str,
+        list: &[Address],
+        form: &AddressForm,
+    ) -> Result<(), EmitError> {
         if list.is_empty() {
             return Ok(());
         }
         let joined = list
             .iter()
-            .map(ToString::to_string)
+            .map(|a| form.header(a))
             .collect::<Vec<_>>()
             .join(", ");
         self.structured(name, &joined)
@@ -295,15 +311,16 @@ pub fn emit(pdu: &Pdu<'_>, profile: &Profile) -> Result<Vec<u8>, EmitError> {
     if let Some(d) = &pdu.date {
         w.structured("Date", &format_date(d))?;
     }
+    let form = &profile.address_form;
     if let Some(from) = &pdu.from {
-        w.structured("From", &from.to_string())?;
+        w.structured("From", &form.header(from))?;
     }
-    w.addresses("To", &pdu.to)?;
+    w.addresses("To", &pdu.to, form)?;
     if let Kind::ForwardReq(f) = &pdu.kind {
-        w.addresses("Cc", &f.cc)?;
+        w.addresses("Cc", &f.cc, form)?;
     }
     if let Some(s) = &pdu.sender {
-        w.structured("Sender", &s.to_string())?;
+        w.structured("Sender", &form.header(s))?;
     }
 
     let response = |w: &mut Writer, r: &Response| -> Result<(), EmitError> {
@@ -347,7 +364,7 @@ pub fn emit(pdu: &Pdu<'_>, profile: &Profile) -> Result<Vec<u8>, EmitError> {
                 "X-Mms-Originator-R/S-Delivery-Report",
                 f.originator_rs_delivery_report,
             )?;
-            w.opt_bool("X-Mms-Read-Reply", f.read_reply)?;
+            w.opt_bool(profile.read_reply_header.as_str(), f.read_reply)?;
             w.opt_token("X-Mms-Priority", f.priority)?;
             w.opt_token("X-Mms-Sender-Visibility", f.sender_visibility)?;
             w.opt_token("X-Mms-Forward-Counter", f.forward_counter)?;
@@ -372,7 +389,7 @@ pub fn emit(pdu: &Pdu<'_>, profile: &Profile) -> Result<Vec<u8>, EmitError> {
             response(&mut w, r)?
         }
         Kind::DeliveryReportReq(d) => {
-            w.structured("X-Mms-MM-Status-Code", d.mm_status.as_str())?;
+            w.structured(profile.status_header.as_str(), d.mm_status.as_str())?;
             w.opt_raw("X-Mms-MM-Status-Extension", &d.mm_status_extension)?;
             w.opt_text("X-Mms-Status-Text", &d.status_text)?;
             w.opt_bool("X-Mms-Forward-To-Originator-UA", d.forward_to_originator_ua)?;
@@ -446,6 +463,61 @@ fn write_crlf(out: &mut Vec<u8>, body: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each dialect setting, byte for byte: what a peer configured for it receives.
+    #[test]
+    fn dialects_write_addresses_and_header_names_the_peers_way() {
+        let mut f = crate::pdu::ForwardReq::new("M1@a.example");
+        f.read_reply = Some(true);
+        let mut pdu = Pdu::new("T1", Kind::ForwardReq(Box::new(f)));
+        pdu.from = Some("+491721234567/TYPE=PLMN".parse().unwrap());
+        pdu.to = vec!["+491711111111/TYPE=PLMN".parse().unwrap()];
+        let profile = Profile {
+            quote_ids: false,
+            address_form: AddressForm::National {
+                prefix: "0".into(),
+            },
+            read_reply_header: ReadReplyHeader::ReadReport,
+            ..Profile::default()
+        };
+        assert_eq!(
+            String::from_utf8(emit(&pdu, &profile).unwrap()).unwrap(),
+            "X-Mms-3GPP-MMS-Version: 6.16.0\r\n\
+X-Mms-Message-Type: MM4_forward.REQ\r\n\
+X-Mms-Transaction-ID: T1\r\n\
+X-Mms-Message-ID: M1@a.example\r\n\
+From: 01721234567/TYPE=PLMN\r\n\
+To: 01711111111/TYPE=PLMN\r\n\
+X-Mms-Read-Report: Yes\r\n\r\n"
+        );
+        let dr = crate::pdu::DeliveryReport {
+            message_id: "M1@a.example".into(),
+            mm_status: crate::values::MmStatus::Retrieved,
+            mm_status_unknown: None,
+            mm_status_extension: None,
+            status_text: None,
+            forward_to_originator_ua: None,
+            applic: ApplicIds::default(),
+        };
+        let mut pdu = Pdu::new("T2", Kind::DeliveryReportReq(dr));
+        pdu.from = Some("+491711111111/TYPE=PLMN".parse().unwrap());
+        pdu.to = vec!["+491721234567/TYPE=PLMN".parse().unwrap()];
+        let profile = Profile {
+            address_form: AddressForm::E164,
+            status_header: StatusHeader::Status,
+            ..Profile::default()
+        };
+        assert_eq!(
+            String::from_utf8(emit(&pdu, &profile).unwrap()).unwrap(),
+            "X-Mms-3GPP-MMS-Version: 6.16.0\r\n\
+X-Mms-Message-Type: MM4_delivery_report.REQ\r\n\
+X-Mms-Transaction-ID: \"T2\"\r\n\
+X-Mms-Message-ID: \"M1@a.example\"\r\n\
+From: +491711111111\r\n\
+To: +491721234567\r\n\
+X-Mms-Status: Retrieved\r\n\r\n"
+        );
+    }
 
     fn lines(out: &[u8]) -> Vec<String> {
         String::from_utf8_lossy(out)

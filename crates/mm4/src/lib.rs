@@ -14,6 +14,7 @@
 //! * [`xtext`] — RFC 3461 xtext.
 
 pub mod address;
+pub mod dialect;
 pub mod dsn;
 pub mod emit;
 pub mod enumdns;
@@ -27,6 +28,7 @@ pub mod version;
 pub mod xtext;
 
 pub use address::{Address, AddressError, Domain, E164};
+pub use dialect::{AddressForm, ReadReplyHeader, StatusHeader};
 pub use emit::{emit, EmitError, Profile};
 pub use parse::{parse, ParseError};
 pub use pdu::{

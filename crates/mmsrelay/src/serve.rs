@@ -260,6 +260,10 @@ async fn run_from(
         } else {
             Vec::new()
         },
+        trace: Some({
+            let clock = clock.clone();
+            smtp::trace::Now::from_fn(move || clock.now())
+        }),
         ..ServerConfig::default()
     });
     let driver = DriverConfig {

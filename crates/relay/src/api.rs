@@ -365,8 +365,20 @@ async fn get_raw(
     Path((address, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     api.check_auth(&headers)?;
-    let (_, _, body) = in_mailbox(&api, &address, &id).await?;
-    Ok(([(axum::http::header::CONTENT_TYPE, "message/rfc822")], body).into_response())
+    let (_, meta, body) = in_mailbox(&api, &address, &id).await?;
+    let delivered = with_return_path(&meta.mail_from, &body);
+    Ok(([(axum::http::header::CONTENT_TYPE, "message/rfc822")], delivered).into_response())
+}
+
+/// The message as delivered to the subscriber's mailbox: the envelope sender it came with on
+/// top (RFC 5321 §4.4, the final delivery's `Return-Path:`), then the stored bytes (our
+/// `Received:` line first).
+fn with_return_path(mail_from: &str, body: &[u8]) -> Vec<u8> {
+    let line = format!("Return-Path: <{mail_from}>\r\n");
+    let mut out = Vec::with_capacity(line.len() + body.len());
+    out.extend_from_slice(line.as_bytes());
+    out.extend_from_slice(body);
+    out
 }
 
 fn invalid_field(field: &str, e: mm4::values::BadValue) -> ApiError {

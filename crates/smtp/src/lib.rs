@@ -6,6 +6,7 @@ pub mod client_driver;
 pub mod driver;
 pub mod reply;
 pub mod server;
+pub mod trace;
 
 pub use reply::{codes, Reply};
 pub use server::{

@@ -34,8 +34,21 @@ fn config() -> ServerConfig {
         hostname: "mx.test".into(),
         max_message_size: 10_000,
         tls_available: true,
+        trace: Some(smtp::trace::Now::from_fn(|| {
+            time::macros::datetime!(2026-12-04 12:00:00 UTC)
+        })),
         ..ServerConfig::default()
     }
+}
+
+/// Our trace line on a message from the harness's client (EHLO client.test, one recipient).
+const TRACE: &[u8] = b"Received: from client.test ([127.0.0.2])\r\n\
+    \tby mx.test (mmsrelay) with ESMTP\r\n\
+    \tfor <u@ok.test>;\r\n\
+    \tFri, 04 Dec 2026 12:00:00 +0000\r\n";
+
+fn traced(data: &[u8]) -> Vec<u8> {
+    [TRACE, data].concat()
 }
 
 fn session_with(cfg: ServerConfig) -> Session {
@@ -158,8 +171,9 @@ fn a_whole_transaction_with_data() {
     assert_eq!(h.messages.len(), 1);
     let m = &h.messages[0];
     assert_eq!(
-        m.data, b"Subject: hi\r\n\r\n.dot\r\nline\r\n",
-        "dot-unstuffed, CRLF kept"
+        m.data,
+        traced(b"Subject: hi\r\n\r\n.dot\r\nline\r\n"),
+        "our trace line on top, dot-unstuffed, CRLF kept"
     );
     assert_eq!(m.helo, "client.test");
     assert_eq!(m.rcpts[0].address, "u@ok.test");
@@ -217,11 +231,11 @@ fn bdat_chunks() {
     // Chunks arrive with their commands in one packet (that is what CHUNKING is for).
     let out = h.send(b"BDAT 6\r\nSubj: BDAT 10 LAST\r\n: x\r\n\r\nz\r\n");
     assert_eq!(out, "250 2.0.0 6 octets received\r\n250 2.0.0 Queued\r\n");
-    assert_eq!(h.messages[0].data, b"Subj: : x\r\n\r\nz\r\n");
+    assert_eq!(h.messages[0].data, traced(b"Subj: : x\r\n\r\nz\r\n"));
     // Binary content is taken as is, bare LF included.
     h.open_tx_again();
     assert_eq!(h.send(b"BDAT 3 LAST\r\na\nb"), "250 2.0.0 Queued\r\n");
-    assert_eq!(h.messages[1].data, b"a\nb");
+    assert_eq!(h.messages[1].data, traced(b"a\nb"));
     // BDAT without a transaction: the chunk is read and dropped, the session stays in step.
     assert_eq!(
         h.send(b"BDAT 4\r\nNOOPNOOP\r\n"),
