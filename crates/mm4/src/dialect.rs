@@ -179,6 +179,24 @@ pub fn observe(raw: &[u8]) -> Observed {
     o
 }
 
+/// Whether `written` (as some peer wrote it) is the number `n`: equal in E.164, or a national
+/// number — `/TYPE=PLMN` without `+`, or bare digits at a domain — whose digits are `n`'s
+/// national number behind a trunk prefix of up to four digits (which one a peer uses is not
+/// for the reader to know). Lenient on purpose: used where the message already narrowed the
+/// candidates to the recipients of one MM.
+pub fn same_number(written: &Address, n: &E164) -> bool {
+    if let Some(w) = written.e164() {
+        return w == n;
+    }
+    let digits = match written {
+        Address::NationalPlmn { digits, .. } => digits.as_str(),
+        Address::Email { local, .. } if local.bytes().all(|b| b.is_ascii_digit()) => local,
+        _ => return false,
+    };
+    let national = n.national();
+    !national.is_empty() && digits.ends_with(national) && digits.len() - national.len() <= 4
+}
+
 impl E164 {
     /// The length of the country code (ITU-T E.164 assignments: 1 and 7 have one digit, the
     /// codes listed here two, every other three).
@@ -230,6 +248,19 @@ mod tests {
     }
 
     #[test]
+    fn a_number_is_recognised_in_any_form() {
+        let n: E164 = "+491721234567".parse().unwrap();
+        assert!(same_number(&a("+491721234567/TYPE=PLMN"), &n));
+        assert!(same_number(&a("+491721234567@mms.example.net"), &n));
+        assert!(same_number(&a("01721234567/TYPE=PLMN"), &n));
+        assert!(same_number(&a("01721234567@mms.example.net"), &n));
+        assert!(same_number(&a("1721234567/TYPE=PLMN"), &n));
+        assert!(!same_number(&a("01721234568/TYPE=PLMN"), &n));
+        assert!(!same_number(&a("+491721234568/TYPE=PLMN"), &n));
+        assert!(!same_number(&a("someone@mms.example.net"), &n));
+    }
+
+    #[test]
     fn each_form_writes_the_number_its_way() {
         let x = a("+491721234567/TYPE=PLMN");
         let d: Domain = "mms.example.net".parse().unwrap();
@@ -241,9 +272,7 @@ mod tests {
             AddressForm::E164.envelope(&x, &d),
             "+491721234567@mms.example.net"
         );
-        let national = AddressForm::National {
-            prefix: "0".into(),
-        };
+        let national = AddressForm::National { prefix: "0".into() };
         assert_eq!(
             national.envelope(&x, &d),
             "01721234567/TYPE=PLMN@mms.example.net"

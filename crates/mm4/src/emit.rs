@@ -474,9 +474,7 @@ mod tests {
         pdu.to = vec!["+491711111111/TYPE=PLMN".parse().unwrap()];
         let profile = Profile {
             quote_ids: false,
-            address_form: AddressForm::National {
-                prefix: "0".into(),
-            },
+            address_form: AddressForm::National { prefix: "0".into() },
             read_reply_header: ReadReplyHeader::ReadReport,
             ..Profile::default()
         };

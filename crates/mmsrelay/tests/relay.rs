@@ -295,6 +295,36 @@ fn reports_the_mm_did_not_ask_for_are_409() {
 }
 
 #[test]
+fn a_delivered_mm_shows_its_return_path_and_our_trace_line() {
+    let (a, b) = pair(false);
+    let _ = submit(&a, "+491721111111", false, false);
+    let mbox = wait_api(&b.api, "/v1/mailbox/+491721111111", |v| {
+        v.as_array().is_some_and(|a| a.len() == 1)
+    });
+    let mid = mbox[0]["id"].as_str().unwrap();
+    let (code, raw) = http(
+        "GET",
+        &b.api,
+        &format!("/v1/mailbox/+491721111111/{mid}/raw"),
+        None,
+    );
+    assert_eq!(code, 200);
+    let raw = raw.as_str().unwrap();
+    let lines: Vec<&str> = raw.split("\r\n").take(6).collect();
+    assert_eq!(
+        lines[..4],
+        [
+            "Return-Path: <+15550000001/TYPE=PLMN@mms.mnc001.mcc001.gprs>",
+            "Received: from mmsc.mms.mnc001.mcc001.gprs ([127.0.0.1])",
+            "\tby mmsc.mms.mnc002.mcc262.gprs (mmsrelay) with ESMTP",
+            "\tfor <+491721111111/TYPE=PLMN@mms.mnc002.mcc262.gprs>;",
+        ],
+        "{raw}"
+    );
+    assert!(lines[5].starts_with("X-Mms-3GPP-MMS-Version: "), "{raw}");
+}
+
+#[test]
 fn xmm4_sync_folds_the_res_and_no_res_mail_is_sent() {
     let (a, mut b) = pair(true);
     let id = submit(&a, "+491721111111", false, false);

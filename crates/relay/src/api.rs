@@ -367,7 +367,11 @@ async fn get_raw(
     api.check_auth(&headers)?;
     let (_, meta, body) = in_mailbox(&api, &address, &id).await?;
     let delivered = with_return_path(&meta.mail_from, &body);
-    Ok(([(axum::http::header::CONTENT_TYPE, "message/rfc822")], delivered).into_response())
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "message/rfc822")],
+        delivered,
+    )
+        .into_response())
 }
 
 /// The message as delivered to the subscriber's mailbox: the envelope sender it came with on
@@ -570,6 +574,13 @@ async fn get_peers(
                 .await
                 .map_err(internal)?,
         );
+        let mut seen_headers = serde_json::Map::new();
+        for which in ["status-header", "read-reply-header"] {
+            let r = crate::profile::record(store, p, crate::profile::Record::SeenHeader(which))
+                .await
+                .map_err(internal)?;
+            seen_headers.insert(which.replace('-', "_"), record(r).unwrap_or(Value::Null));
+        }
         let eff = crate::profile::effective(store, p, seen)
             .await
             .map_err(internal)?;
@@ -597,6 +608,15 @@ async fn get_peers(
                 "smtputf8": s.caps.smtputf8,
                 "xmm4": s.caps.xmm4.as_ref().map(|x| json!({"versions": x.versions, "sync": x.sync})),
             })),
+            "dialect": {
+                "configured": dialect_json(&p.dialect),
+                "seen": learned.as_ref().map(|l| json!({
+                    "at": l["at"].as_i64().map(rfc3339), "version": l["version"],
+                    "quoted_ids": l["quoted_ids"], "address_form": l["address_form"],
+                    "status_header": seen_headers["status_header"].get("header"),
+                    "read_reply_header": seen_headers["read_reply_header"].get("header"),
+                })),
+            },
             "learned": learned,
             "exchanged": exchanged,
             "queue_depth": depth.get(&c.name).copied().unwrap_or(0),
@@ -605,6 +625,24 @@ async fn get_peers(
         }));
     }
     Ok(Json(Value::Array(out)))
+}
+
+/// A peer's configured dialect, with the keys of its `[[peer]]` section.
+fn dialect_json(d: &crate::dialect::Dialect) -> Value {
+    let national_prefix = match &d.address_form {
+        mm4::AddressForm::National { prefix } => Some(prefix.as_str()),
+        _ => None,
+    };
+    json!({
+        "address_form": d.address_form.name(),
+        "national_prefix": national_prefix,
+        "envelope_domain": d.envelope_domain.as_ref().map(ToString::to_string),
+        "quote_ids": d.quote_ids,
+        "mm1_status_codes": d.mm1_status_codes,
+        "status_header": d.status_header.as_str(),
+        "read_reply_header": d.read_reply_header.as_str(),
+        "res_to": d.res_to.as_ref().map(ToString::to_string),
+    })
 }
 
 /// Re-reads the configuration file: `200` with what changed, `400` with every problem (key path

@@ -514,6 +514,30 @@ pub struct PeerConfig {
     pub max_recipients: Option<usize>,
     /// Transactions per second towards this peer, at most (per node).
     pub max_rate: Option<f64>,
+    /// Its dialect (`relay::dialect`): how numbers are written to it (with `national_prefix`
+    /// for `"national"`), a fixed envelope domain for recipients, quoted ids, MM1 status
+    /// codes, the delivery-report status header, the read-reply header, where RES mails go.
+    #[serde(default)]
+    pub address_form: AddressFormKey,
+    pub national_prefix: Option<String>,
+    pub envelope_domain: Option<String>,
+    #[serde(default = "yes")]
+    pub quote_ids: bool,
+    #[serde(default)]
+    pub mm1_status_codes: bool,
+    pub status_header: Option<String>,
+    pub read_reply_header: Option<String>,
+    pub res_to: Option<String>,
+}
+
+/// `address_form` as written in the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AddressFormKey {
+    #[default]
+    Plmn,
+    E164,
+    National,
 }
 
 /// A secret from a file: its first line (a trailing newline is not part of it).
@@ -893,6 +917,11 @@ impl Config {
             }
             if peer.max_rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
                 bad(at("max_rate"), "must be a positive number".into());
+            }
+            if let Err(problems) = crate::dialect::Dialect::of(peer) {
+                for (key, why) in problems {
+                    bad(at(key), why);
+                }
             }
             let verifies = peer.tls_ca.is_some() || !peer.tls_pin.is_empty();
             if verifies && peer.tls == TlsPolicy::None {

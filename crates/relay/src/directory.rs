@@ -41,6 +41,8 @@ pub struct Peer {
     pub auth: Option<Credentials>,
     /// How we connect to it over TLS.
     pub tls: crate::peer_tls::PeerTls,
+    /// How we write to it.
+    pub dialect: crate::dialect::Dialect,
 }
 
 /// The MM4 verdict a refusal carries in its text (`[MM4 …]`, EXTENSIONS §1).
@@ -128,6 +130,8 @@ impl Directory {
                 inbound,
                 auth,
                 tls,
+                // Checked with the configuration; a problem here is reported there.
+                dialect: crate::dialect::Dialect::of(p).unwrap_or_default(),
             });
         }
         if !problems.is_empty() {
@@ -163,6 +167,45 @@ impl Directory {
     }
 
     /// Whether a number belongs to our subscribers.
+    /// The E.164 number of an address at our domain: as written, or — for a number in the
+    /// national form some peers write (`01721234567`, with or without `/TYPE=PLMN`) — through
+    /// the `national_prefix` of a peer and the country code of one of our local prefixes,
+    /// when that makes it a subscriber of ours.
+    fn our_number(&self, addr: &Address) -> Option<E164> {
+        if let Some(n) = addr.e164() {
+            return Some(n.clone());
+        }
+        let digits = match addr {
+            Address::NationalPlmn { digits, .. } => digits.as_str(),
+            Address::Email { local, .. } if local.bytes().all(|b| b.is_ascii_digit()) => local,
+            _ => return None,
+        };
+        let prefixes = self
+            .peers
+            .iter()
+            .filter_map(|p| match &p.dialect.address_form {
+                mm4::AddressForm::National { prefix } => Some(prefix.as_str()),
+                _ => None,
+            });
+        for prefix in prefixes {
+            let Some(national) = digits.strip_prefix(prefix) else {
+                continue;
+            };
+            for local in &self.local_prefixes {
+                let Ok(p) = format!("+{local}").parse::<E164>() else {
+                    continue;
+                };
+                let Ok(n) = format!("+{}{national}", p.country_code()).parse::<E164>() else {
+                    continue;
+                };
+                if self.is_local(&n) {
+                    return Some(n);
+                }
+            }
+        }
+        None
+    }
+
     pub fn is_local(&self, n: &E164) -> bool {
         self.local_prefixes
             .iter()
@@ -287,7 +330,7 @@ impl Directory {
         // An unqualified address (deployed relays send them) is meant for us.
         let ours = addr.domain().is_none_or(|d| *d == self.domain);
         if ours {
-            return match addr.e164() {
+            return match self.our_number(&addr).as_ref() {
                 Some(n) if self.is_local(n) => Ok(RcptClass::Local(n.clone())),
                 // A hub: a transit peer may hand us numbers we route onwards by prefix.
                 Some(n) if self.transit_allowed(source) && self.route_number(n).is_some() => {
@@ -406,6 +449,43 @@ peer = "hub"
         // Someone else's loopback address is nobody's peer.
         let stranger = &from("127.0.0.9");
         assert!(d.classify_rcpt(other, stranger).is_err());
+    }
+
+    #[test]
+    fn national_numbers_at_our_domain_are_ours_through_a_peers_prefix() {
+        let cfg = Config::from_toml(
+            r#"
+[mmse]
+domain = "mms.mnc001.mcc262.gprs"
+local_prefixes = ["+49172"]
+[[peer]]
+name = "b"
+domains = ["mms.mnc002.mcc262.gprs"]
+allow = ["127.0.0.2/32"]
+address_form = "national"
+national_prefix = "0"
+"#,
+        )
+        .unwrap();
+        let d = Directory::new(&cfg);
+        let b = &PeerInfo::new("127.0.0.2:1000".parse().unwrap(), false);
+        let ours = Ok(RcptClass::Local("+491721234567".parse().unwrap()));
+        assert_eq!(
+            d.classify_rcpt("01721234567/TYPE=PLMN@mms.mnc001.mcc262.gprs", b),
+            ours
+        );
+        assert_eq!(
+            d.classify_rcpt("01721234567@mms.mnc001.mcc262.gprs", b),
+            ours
+        );
+        // Not one of our numbers in any reading.
+        assert!(d
+            .classify_rcpt("01791234567@mms.mnc001.mcc262.gprs", b)
+            .is_err());
+        // Without a peer writing national numbers, none is read.
+        assert!(dir()
+            .classify_rcpt("05550000001@mms.mnc001.mcc001.gprs", b)
+            .is_err());
     }
 
     #[test]

@@ -103,6 +103,13 @@ fn origin_domain(pdu: &mm4::Pdu<'_>, mail_from: &str) -> Option<String> {
         })
 }
 
+/// Whether a mail carries the headers of an MM4 PDU in its text (a bounce returning them).
+fn returns_mm4_headers(data: &[u8]) -> bool {
+    const NEEDLE: &[u8] = b"x-mms-transaction-id:";
+    data.windows(NEEDLE.len())
+        .any(|w| w.eq_ignore_ascii_case(NEEDLE))
+}
+
 /// What can still be read from a REQ that failed to parse, to answer it with a RES.
 struct Salvaged {
     message_type: MessageType,
@@ -198,9 +205,18 @@ impl Inbound {
             .rcpts
             .iter()
             .any(|r| r.address.eq_ignore_ascii_case(&dir.bounce_address));
+        // Our forwards go out from their originator: DSNs and bounces come back to our
+        // subscribers' addresses, and are the relay's to correlate, never a mailbox's.
+        let to_subscriber = msg.rcpts.iter().any(|r| {
+            matches!(
+                dir.classify_rcpt(&r.address, &msg.peer),
+                Ok(RcptClass::Local(_))
+            )
+        });
+        let takes_reports = to_bounce || to_subscriber;
         let queued = || codes::ok(format!("Ok: queued as {id}"));
 
-        if to_bounce && mm4::dsn::looks_like_dsn(&msg.data) {
+        if takes_reports && mm4::dsn::looks_like_dsn(&msg.data) {
             let mut rec = self.base_record(msg, MessageKind::Dsn);
             if let Ok(d) = mm4::dsn::parse(&msg.data) {
                 rec.transaction_id = d.transaction_id().map(str::to_string);
@@ -210,7 +226,14 @@ impl Inbound {
 
         let pdu = match mm4::parse(&msg.data) {
             Ok(p) => p,
-            Err(e) => return self.refusal(id, msg, e, to_bounce),
+            Err(e) => {
+                // At a subscriber's address, a bounce shows itself by its null sender or by
+                // returning our headers; other mail there is no MM4 and is refused.
+                let bounce = to_bounce
+                    || (to_subscriber
+                        && (msg.mail_from.address.is_empty() || returns_mm4_headers(&msg.data)));
+                return self.refusal(id, msg, e, bounce);
+            }
         };
 
         if let Some(reply) = self.check_origin(msg, &pdu) {
@@ -218,14 +241,9 @@ impl Inbound {
         }
 
         let mt = pdu.message_type();
-        let learned = origin_domain(&pdu, &msg.mail_from.address).map(|d| Op::PutCapability {
-            peer: crate::keys::CapabilityKey::Seen(&d).to_string(),
-            record: serde_json::json!({
-                "at": self.clock.now_ms(), "version": pdu.version.to_string(), "message_type": mt.as_str(),
-            })
-            .to_string()
-            .into_bytes(),
-        });
+        let learned = origin_domain(&pdu, &msg.mail_from.address)
+            .map(|d| self.learned(&d, &pdu, &msg.data))
+            .unwrap_or_default();
         let mut rec = self.base_record(
             msg,
             MessageKind::Mm4 {
@@ -334,6 +352,35 @@ impl Inbound {
             reply,
             label: "MM4_forward.REQ",
         })
+    }
+
+    /// What a PDU shows of its sender's dialect, kept per domain for `GET /v1/peers`: its
+    /// version, quoting and address form; the status and read-reply headers where it used one.
+    fn learned(&self, domain: &str, pdu: &mm4::Pdu<'_>, data: &[u8]) -> Vec<Op> {
+        use crate::keys::CapabilityKey;
+        let seen = mm4::dialect::observe(data);
+        let at = self.clock.now_ms();
+        let record = |v: serde_json::Value| v.to_string().into_bytes();
+        let mut ops = vec![Op::PutCapability {
+            peer: CapabilityKey::Seen(domain).to_string(),
+            record: record(serde_json::json!({
+                "at": at, "version": pdu.version.to_string(),
+                "message_type": pdu.message_type().as_str(),
+                "quoted_ids": seen.quoted_ids, "address_form": seen.address_form,
+            })),
+        }];
+        for (which, header) in [
+            ("status-header", seen.status_header),
+            ("read-reply-header", seen.read_reply_header),
+        ] {
+            if let Some(h) = header {
+                ops.push(Op::PutCapability {
+                    peer: CapabilityKey::SeenHeader(domain, which).to_string(),
+                    record: record(serde_json::json!({"at": at, "header": h})),
+                });
+            }
+        }
+        ops
     }
 
     fn simple_plan(

@@ -42,6 +42,8 @@ pub enum CapabilityKey<'a> {
     Exchanged(&'a str),
     /// When we last sent it a capability REQ.
     ExchangeSent(&'a str),
+    /// Which header (of a dialect's choice, e.g. `status-header`) the domain last used.
+    SeenHeader(&'a str, &'static str),
 }
 
 impl fmt::Display for CapabilityKey<'_> {
@@ -50,6 +52,7 @@ impl fmt::Display for CapabilityKey<'_> {
             CapabilityKey::Seen(d) => write!(f, "seen:{d}"),
             CapabilityKey::Exchanged(d) => write!(f, "exchange:{d}"),
             CapabilityKey::ExchangeSent(d) => write!(f, "exchange-sent:{d}"),
+            CapabilityKey::SeenHeader(d, which) => write!(f, "seen-{which}:{d}"),
         }
     }
 }

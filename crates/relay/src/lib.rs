@@ -5,6 +5,7 @@ pub mod api;
 pub mod cdr;
 pub mod clock;
 pub mod config;
+pub mod dialect;
 pub mod directory;
 pub mod dns;
 pub mod events;

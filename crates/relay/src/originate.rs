@@ -83,6 +83,21 @@ impl Originator {
         now.replace_nanosecond(0).unwrap_or(now)
     }
 
+    /// Where the RES for a REQ from `reply_to` goes: the `res_to` of the peer serving that
+    /// address when it has one (with that peer, which the address may not name), else there.
+    pub fn res_address(&self, reply_to: &str) -> (String, Option<String>) {
+        let dir = self.dir.get();
+        let peer = reply_to
+            .parse::<Address>()
+            .ok()
+            .and_then(|a| dir.peer_for_domain(a.domain()?))
+            .map(|i| &dir.peers[i]);
+        match peer.and_then(|p| Some((p.dialect.res_to.as_ref()?, &p.cfg.name))) {
+            Some((to, name)) => (to.to_string(), Some(name.clone())),
+            None => (reply_to.to_string(), None),
+        }
+    }
+
     /// The `.RES` of `answer` (`None` for a REQ type without one).
     pub fn res(&self, answer: &Answer<'_>) -> Option<Pdu<'static>> {
         let Answer {

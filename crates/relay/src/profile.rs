@@ -55,6 +55,8 @@ pub enum Record {
     Exchanged,
     /// Learned from its PDUs.
     Learned,
+    /// The header of a dialect choice it last used (`status-header`, `read-reply-header`).
+    SeenHeader(&'static str),
 }
 
 /// The stored capability record of any of the peer's domains.
@@ -67,6 +69,7 @@ pub async fn record(
         let key = match kind {
             Record::Exchanged => CapabilityKey::Exchanged(d.as_str()),
             Record::Learned => CapabilityKey::Seen(d.as_str()),
+            Record::SeenHeader(which) => CapabilityKey::SeenHeader(d.as_str(), which),
         };
         if let Some(b) = store.capability(&key.to_string()).await? {
             return Ok(Some(b));

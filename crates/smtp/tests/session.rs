@@ -34,9 +34,9 @@ fn config() -> ServerConfig {
         hostname: "mx.test".into(),
         max_message_size: 10_000,
         tls_available: true,
-        trace: Some(smtp::trace::Now::from_fn(|| {
-            time::macros::datetime!(2026-12-04 12:00:00 UTC)
-        })),
+        trace: Some(smtp::trace::Now::from_fn(
+            || time::macros::datetime!(2026-12-04 12:00:00 UTC),
+        )),
         ..ServerConfig::default()
     }
 }

@@ -416,6 +416,30 @@ pub fn blackhole() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize
 /// hands its data (dot-stuffed, as received) to `taken`.
 #[allow(dead_code)]
 pub fn sink_on(ip: &str, taken: impl Fn(&str) + Send + Sync + 'static) -> SocketAddr {
+    mail_sink_on(ip, move |m| taken(&m.data))
+}
+
+/// One mail a sink took: its envelope as written on the wire, and its data.
+#[derive(Debug, Clone, Default)]
+pub struct Mail {
+    /// What was between the brackets of `MAIL FROM:<…>`.
+    pub mail_from: String,
+    pub rcpts: Vec<String>,
+    /// Dot-stuffed, as received.
+    pub data: String,
+}
+
+/// Between the angle brackets of a `MAIL FROM:`/`RCPT TO:` line.
+fn bracketed(line: &str) -> String {
+    line.split_once('<')
+        .and_then(|(_, r)| r.split_once('>'))
+        .map(|(a, _)| a.to_string())
+        .unwrap_or_default()
+}
+
+/// [`sink_on`], handing over the envelope too.
+#[allow(dead_code)]
+pub fn mail_sink_on(ip: &str, taken: impl Fn(&Mail) + Send + Sync + 'static) -> SocketAddr {
     let l = TcpListener::bind(format!("{ip}:0")).unwrap();
     let addr = l.local_addr().unwrap();
     let taken = std::sync::Arc::new(taken);
@@ -426,25 +450,36 @@ pub fn sink_on(ip: &str, taken: impl Fn(&str) + Send + Sync + 'static) -> Socket
                 let mut w = s.try_clone().unwrap();
                 let mut r = BufReader::new(s);
                 let _ = w.write_all(b"220 blackhole ESMTP\r\n");
-                let mut data: Option<String> = None;
+                let mut mail = Mail::default();
+                let mut in_data = false;
                 let mut line = String::new();
                 while r.read_line(&mut line).unwrap_or(0) > 0 {
-                    if let Some(d) = data.as_mut() {
+                    if in_data {
                         if line == ".\r\n" {
+                            in_data = false;
                             let _ = w.write_all(b"250 2.0.0 taken\r\n");
-                            taken(&data.take().unwrap_or_default());
+                            taken(&std::mem::take(&mut mail));
                         } else {
-                            d.push_str(&line);
+                            mail.data.push_str(&line);
                         }
                     } else if line.starts_with("DATA") {
                         let _ = w.write_all(b"354 go\r\n");
-                        data = Some(String::new());
+                        in_data = true;
                     } else if line.starts_with("EHLO") {
                         let _ = w.write_all(b"250-blackhole\r\n250 PIPELINING\r\n");
                     } else if line.starts_with("QUIT") {
                         let _ = w.write_all(b"221 bye\r\n");
                         break;
                     } else {
+                        let upper = line.to_ascii_uppercase();
+                        if upper.starts_with("MAIL FROM:") {
+                            mail = Mail {
+                                mail_from: bracketed(&line),
+                                ..Mail::default()
+                            };
+                        } else if upper.starts_with("RCPT TO:") {
+                            mail.rcpts.push(bracketed(&line));
+                        }
                         let _ = w.write_all(b"250 2.0.0 ok\r\n");
                     }
                     line.clear();

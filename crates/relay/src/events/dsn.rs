@@ -97,9 +97,20 @@ impl Events {
             return Ok(());
         };
         let now = self.now();
+        let dir = self.dir.get();
         for r in &d.recipients {
             let target = r.recipient().map(|a| a.to_ascii_lowercase());
             let final_rcpt = r.final_recipient.clone().map(|a| a.to_ascii_lowercase());
+            // A DSN names the recipient as we wrote it to the peer (its dialect), or — with
+            // ORCPT — as we know it.
+            let names = |st: &crate::records::RecipientState| {
+                let ours = st.address.to_ascii_lowercase();
+                let written = as_written(&dir, st).map(|a| a.to_ascii_lowercase());
+                [Some(ours), written]
+                    .into_iter()
+                    .flatten()
+                    .any(|a| Some(&a) == target.as_ref() || Some(&a) == final_rcpt.as_ref())
+            };
             let evidence = format!(
                 "DSN {} {}{}",
                 r.action.as_str(),
@@ -112,30 +123,36 @@ impl Events {
             let outcome = r.outcome();
             let action = r.action;
             let ops = self
-                .update_recipients(
-                    id,
-                    |st| {
-                        let a = st.address.to_ascii_lowercase();
-                        Some(&a) == target.as_ref() || Some(&a) == final_rcpt.as_ref()
-                    },
-                    |st| match (action, outcome) {
-                        (Action::Failed, Outcome::Fail(code)) => {
-                            st.conclude(RcptState::Failed, code.as_str(), &evidence, now);
-                            Next::Out
-                        }
-                        _ => {
-                            st.events.push(crate::records::TimelineEvent {
-                                at: now,
-                                event: format!("dsn_{}", action.as_str()),
-                                detail: evidence.clone(),
-                            });
-                            Next::Keep
-                        }
-                    },
-                )
+                .update_recipients(id, names, |st| match (action, outcome) {
+                    (Action::Failed, Outcome::Fail(code)) => {
+                        st.conclude(RcptState::Failed, code.as_str(), &evidence, now);
+                        Next::Out
+                    }
+                    _ => {
+                        st.events.push(crate::records::TimelineEvent {
+                            at: now,
+                            event: format!("dsn_{}", action.as_str()),
+                            detail: evidence.clone(),
+                        });
+                        Next::Keep
+                    }
+                })
                 .await?;
             fx.ops.extend(ops);
         }
         Ok(())
     }
+}
+
+/// A recipient's address as our envelope gave it to its peer (the peer's dialect), when it has
+/// a peer.
+fn as_written(
+    dir: &crate::directory::Directory,
+    st: &crate::records::RecipientState,
+) -> Option<String> {
+    let peer = dir
+        .peers
+        .iter()
+        .find(|p| Some(&p.cfg.name) == st.peer.as_ref())?;
+    Some(peer.dialect.recipient(&st.address, peer.domains.first()?))
 }

@@ -298,11 +298,16 @@ impl Events {
 
     /// Queues the `.RES` of `answer`.
     pub async fn queue_res(&self, fx: &mut Effects, answer: Answer<'_>) -> Result<(), EventError> {
+        // A peer may want its RES mails elsewhere than its originator system (`res_to`).
+        let (to, peer) = self.originator.res_address(answer.reply_to);
+        let answer = Answer {
+            reply_to: &to,
+            ..answer
+        };
         let Some(pdu) = self.originator.res(&answer) else {
             return Ok(());
         };
-        let reply_to = answer.reply_to;
-        match self.originator.queue(&pdu, reply_to, None, None).await {
+        match self.originator.queue(&pdu, &to, peer, None).await {
             Ok((_, ops)) => fx.ops.extend(ops),
             // Nobody to send it to: configuration, not a passing failure.
             Err(OriginateError::NoPeer(to)) => {

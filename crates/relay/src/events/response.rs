@@ -209,7 +209,8 @@ impl Events {
             tracing::info!(mm_id, "report matches no MM of ours: dropped");
             return Ok(Vec::new());
         };
-        let who = pdu.from.as_ref().and_then(|a| a.e164().cloned());
+        // The recipient who reports, in whatever form its MMSC writes numbers.
+        let who = pdu.from.as_ref();
         let (state, code, what) = match (mm, read) {
             (Some(MmStatus::Retrieved), _) => {
                 (Some(RcptState::Delivered), "Retrieved", "delivery report")
@@ -241,7 +242,7 @@ impl Events {
                     .parse::<Address>()
                     .ok()
                     .and_then(|a| a.e164().cloned());
-                who.is_some() && n == who
+                matches!((who, n), (Some(w), Some(n)) if mm4::dialect::same_number(w, &n))
             },
             |st| {
                 st.status_code = Some(code.to_string());

@@ -1,5 +1,6 @@
 //! The bytes a peer gets: a transit forward goes exactly as received; a PDU we originated is
-//! written for the peer's profile, with the transaction id of its recipient MMSE.
+//! written for the peer's profile (version) and dialect, with the transaction id of its
+//! recipient MMSE.
 
 use mm4::{MessageType, Version};
 
@@ -36,10 +37,7 @@ pub fn render(
     if !peer.cfg.ack_request {
         pdu.ack_request = None;
     }
-    let profile = mm4::Profile {
-        version: Some(version),
-        ..mm4::Profile::default()
-    };
+    let profile = peer.dialect.profile(version);
     let bytes = mm4::emit(&pdu, &profile).map_err(|e| e.to_string())?;
     Ok(Rendered {
         bytes,

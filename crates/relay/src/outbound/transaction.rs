@@ -50,6 +50,23 @@ impl Outbound {
         }
     }
 
+    /// The envelope sender of a forward we originated: our subscriber, written in the peer's
+    /// form at our domain; the bounce mailbox for a sender that is not (or no longer) ours,
+    /// whose DSNs we could not take.
+    fn originator(&self, dir: &Directory, peer: &Peer, meta: &StoredMessage) -> String {
+        let ours = meta
+            .mail_from
+            .parse::<mm4::Address>()
+            .ok()
+            .and_then(|a| a.e164().cloned())
+            .is_some_and(|n| dir.is_local(&n));
+        if ours {
+            peer.dialect.sender(&meta.mail_from, &self.cfg.our_domain)
+        } else {
+            self.cfg.bounce_address.clone()
+        }
+    }
+
     /// Routes (if needed), builds the message for the peer and runs the transaction.
     pub(super) async fn attempt(&self, g: &Group, meta: &StoredMessage) -> Results {
         let n = g.members.len();
@@ -68,11 +85,14 @@ impl Outbound {
             Ok(r) => r,
             Err(a) => return with_peer(a),
         };
-        // SPEC §5: a forward from our bounce address (every bounce must reach the relay), a
-        // RES from <> (no bounce loops), a report from our system mailbox.
+        // TS 23.140 §8.4: our forward from its originator (MMSCs take the envelope sender as
+        // the MM's sender and send their delivery reports there; DSNs to it come back to us);
+        // a transit forward with the reverse-path it came with (RFC 5321 §3.7.2); a RES from
+        // <> (no bounce loops); a report from our system mailbox.
         let mt = rendered.message_type;
         let mail_from = match mt {
-            mm4::MessageType::ForwardReq => self.cfg.bounce_address.clone(),
+            mm4::MessageType::ForwardReq if meta.originated => self.originator(&dir, peer, meta),
+            mm4::MessageType::ForwardReq => meta.mail_from.clone(),
             m if m.is_response() => String::new(),
             _ => self.cfg.system_address.clone(),
         };
@@ -90,10 +110,11 @@ impl Outbound {
                 .members
                 .iter()
                 .map(|m| {
-                    let a = qualify_onwards(&m.st.address, &domain, &self.cfg.our_domain);
+                    let ours = qualify_onwards(&m.st.address, &domain, &self.cfg.our_domain);
+                    // Written the peer's way; ORCPT says it as we know it, for its DSNs.
                     OutRcpt {
-                        address: a.clone(),
-                        orcpt: Some(a),
+                        address: peer.dialect.recipient(&ours, &domain),
+                        orcpt: Some(ours),
                         notify: smtp::server::notify::FAILURE | smtp::server::notify::DELAY,
                     }
                 })
