@@ -310,3 +310,40 @@ fn a_relayed_mm_carries_our_trace_line_above_the_senders_and_keeps_its_reverse_p
         "the sender's trace line follows ours, unchanged"
     );
 }
+
+#[test]
+fn long_lines_utf8_and_binary_reach_a_7bit_peer_encoded_and_end_acknowledged() {
+    let (_d, a, api, rx) = relay_a("");
+    let (parts, want) = awkward_parts();
+    let body = json!({"from": "+15550000001", "to": ["+491721111111"], "parts": parts});
+    let (code, v) = http("POST", &api, "/v1/messages", Some(&body.to_string()));
+    assert_eq!(code, 202, "{v}");
+    let id = v["id"].as_str().unwrap();
+    // The sink's EHLO offers no 8BITMIME: everything 7-bit, every line within 998 octets.
+    let m = next_mail(&rx);
+    assert!(m.data.is_ascii());
+    assert!(m.data.split("\r\n").all(|l| l.len() <= 998));
+    assert_eq!(decoded_parts(&m.data), want);
+    // The peer's RES settles it.
+    let h = header_lines(&m.data);
+    let field = |name: &str| {
+        h.iter()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim_matches('"')
+            .to_string()
+    };
+    let res = common::scripted::forward_res(
+        &field("X-Mms-Transaction-ID: "),
+        &field("X-Mms-Message-ID: "),
+    );
+    let r = send_from(
+        &a,
+        Some("127.0.0.2"),
+        "",
+        &format!("system-user@{DOMAIN}"),
+        &res,
+    );
+    assert!(r.starts_with("250"), "{r}");
+    wait_message(&api, id, state_is("acknowledged"));
+}

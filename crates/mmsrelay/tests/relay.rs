@@ -325,6 +325,28 @@ fn a_delivered_mm_shows_its_return_path_and_our_trace_line() {
 }
 
 #[test]
+fn long_lines_utf8_and_binary_reach_an_8bitmime_peer_and_end_acknowledged() {
+    let (a, b) = pair(true);
+    let (parts, want) = awkward_parts();
+    let body = json!({"from": "+15550000001", "to": ["+491721111111"], "parts": parts});
+    let (code, v) = http("POST", &a.api, "/v1/messages", Some(&body.to_string()));
+    assert_eq!(code, 202, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    wait_message(&a.api, &id, state_is("acknowledged"));
+    let mbox = wait_api(&b.api, "/v1/mailbox/+491721111111", |v| {
+        v.as_array().is_some_and(|a| a.len() == 1)
+    });
+    let mid = mbox[0]["id"].as_str().unwrap();
+    let (_, raw) = http(
+        "GET",
+        &b.api,
+        &format!("/v1/mailbox/+491721111111/{mid}/raw"),
+        None,
+    );
+    assert_eq!(decoded_parts(raw.as_str().unwrap()), want);
+}
+
+#[test]
 fn xmm4_sync_folds_the_res_and_no_res_mail_is_sent() {
     let (a, mut b) = pair(true);
     let id = submit(&a, "+491721111111", false, false);

@@ -100,72 +100,96 @@ fn unique(tag: &str) -> String {
     format!("{tag}{:x}{:04x}{:x}", now, n & 0xffff, std::process::id())
 }
 
-/// Builds the MIME body: multipart/mixed of the parts (text as UTF-8, data as base64).
+/// A part's content type as the application wrote it (`text/plain; charset=utf-8`), split
+/// into its type and parameters for the MIME builder.
+fn content_type(
+    field: &str,
+    text: &str,
+) -> Result<mail_builder::headers::content_type::ContentType<'static>, SubmitError> {
+    let bad = || invalid(format!("{field}.content_type"), "not a content type");
+    if text.bytes().any(|b| b.is_ascii_control()) {
+        return Err(bad());
+    }
+    let mut pieces = text.split(';');
+    let base = pieces.next().unwrap_or("").trim().to_ascii_lowercase();
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    match base.split_once('/') {
+        Some((t, sub)) if token(t) && token(sub) && !t.eq_ignore_ascii_case("multipart") => {}
+        _ => return Err(bad()),
+    }
+    let mut ct = mail_builder::headers::content_type::ContentType::new(base);
+    for p in pieces.map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = p.split_once('=').ok_or_else(bad)?;
+        let (k, v) = (k.trim(), v.trim().trim_matches('"'));
+        if !token(k) || v.bytes().any(|b| b == b'"' || b == b'\\' || !b.is_ascii()) {
+            return Err(bad());
+        }
+        ct = ct.attribute(k.to_ascii_lowercase(), v.to_string());
+    }
+    Ok(ct)
+}
+
+/// Builds the MIME body: multipart/mixed of the parts, each encoded for SMTP by the MIME
+/// builder as its content requires (7bit, quoted-printable for long lines or some 8-bit text,
+/// base64 for the rest), so it crosses any hop, 8BITMIME or not. Text is UTF-8.
 fn build_body(parts: &[PartIn]) -> Result<(String, Vec<u8>), SubmitError> {
-    let boundary = unique("=_mm4_");
+    use mail_builder::headers::content_type::ContentType;
+    use mail_builder::mime::MimePart;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let mut out = Vec::new();
+    let mut built = Vec::with_capacity(parts.len());
     for (i, p) in parts.iter().enumerate() {
         let field = format!("parts[{i}]");
-        if p.content_type.is_empty()
-            || p.content_type
-                .bytes()
-                .any(|b| b.is_ascii_control() || b == b'"')
-        {
-            return Err(invalid(
-                format!("{field}.content_type"),
-                "not a content type",
-            ));
-        }
-        out.extend_from_slice(
-            format!("--{boundary}\r\nContent-Type: {}", p.content_type).as_bytes(),
-        );
-        let name_ok = |n: &str| {
-            !n.bytes()
-                .any(|b| b.is_ascii_control() || b == b'"' || b == b'\\')
-        };
-        let (bytes, is_text) = match (&p.text, &p.data) {
-            (Some(t), None) => (t.as_bytes().to_vec(), true),
-            (None, Some(d)) => (
+        let ct = content_type(&field, &p.content_type)?;
+        let mut part = match (&p.text, &p.data) {
+            (Some(t), None) => {
+                // A text part is UTF-8 whatever the application said.
+                let ct = if ct.attributes.iter().any(|(k, _)| k == "charset") {
+                    ct
+                } else {
+                    ct.attribute("charset", "utf-8")
+                };
+                MimePart::new(ct, t.clone())
+            }
+            (None, Some(d)) => MimePart::new(
+                ct,
                 b64.decode(d.trim())
                     .map_err(|e| invalid(format!("{field}.data"), format!("not base64: {e}")))?,
-                false,
             ),
             _ => return Err(invalid(field, "exactly one of text and data")),
         };
-        if is_text && !p.content_type.contains("charset") {
-            out.extend_from_slice(b"; charset=utf-8");
-        }
-        out.extend_from_slice(b"\r\n");
         if let Some(n) = &p.name {
-            if !name_ok(n) || !n.is_ascii() {
+            let printable = n
+                .bytes()
+                .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+            if n.is_empty() || !printable {
                 return Err(invalid(
                     format!("{field}.name"),
                     "must be printable ASCII without quotes",
                 ));
             }
-            out.extend_from_slice(format!("Content-Location: {n}\r\nContent-Disposition: attachment; filename=\"{n}\"\r\n").as_bytes());
+            part = part.location(n.clone()).attachment(n.clone());
         }
-        if is_text && bytes.is_ascii() {
-            // 7-bit text goes as is, with CRLF line ends.
-            out.extend_from_slice(b"Content-Transfer-Encoding: 7bit\r\n\r\n");
-            let text = String::from_utf8_lossy(&bytes)
-                .replace("\r\n", "\n")
-                .replace('\n', "\r\n");
-            out.extend_from_slice(text.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        } else {
-            // Anything else as base64: no hop needs 8BITMIME for it.
-            out.extend_from_slice(b"Content-Transfer-Encoding: base64\r\n\r\n");
-            let enc = b64.encode(&bytes);
-            for chunk in enc.as_bytes().chunks(76) {
-                out.extend_from_slice(chunk);
-                out.extend_from_slice(b"\r\n");
-            }
-        }
+        built.push(part);
     }
-    out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    Ok((format!("multipart/mixed; boundary=\"{boundary}\""), out))
+    let boundary = unique("=_mm4_");
+    let content_type = format!("multipart/mixed; boundary=\"{boundary}\"");
+    let mut out = Vec::new();
+    MimePart::new(
+        ContentType::new("multipart/mixed").attribute("boundary", boundary),
+        built,
+    )
+    .write_part(&mut out)
+    .map_err(|e| invalid("parts", e.to_string()))?;
+    // The builder writes the multipart's own header first; the PDU carries it as its own.
+    let body = match out.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => out.split_off(i + 2),
+        None => out,
+    };
+    Ok((content_type, body))
 }
 
 fn parse_addr(field: &str, s: &str) -> Result<Address, SubmitError> {
@@ -516,4 +540,104 @@ pub async fn submit(
             })
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(ct: &str, t: &str) -> PartIn {
+        PartIn {
+            content_type: ct.into(),
+            text: Some(t.into()),
+            data: None,
+            name: None,
+        }
+    }
+
+    use mail_parser::MimeHeaders;
+
+    /// The body as a whole message, parsed back by an independent MIME reader.
+    fn reparse(ct: &str, body: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let whole = [format!("Content-Type: {ct}\r\n\r\n").as_bytes(), body].concat();
+        let m = mail_parser::MessageParser::default()
+            .parse(&whole[..])
+            .expect("parses");
+        m.parts
+            .iter()
+            .skip(1)
+            .map(|p| {
+                let ct = p
+                    .content_type()
+                    .map(|c| format!("{}/{}", c.ctype(), c.subtype().unwrap_or("")))
+                    .unwrap_or_default();
+                (ct, p.contents().to_vec())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_part_is_encoded_for_any_smtp_hop_and_decodes_to_what_was_given() {
+        let long = "x".repeat(2000);
+        let utf8 = "Grüße aus Köln — 東京\nzweite Zeile";
+        let binary: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+        let parts = [
+            text("text/plain", &long),
+            text("text/plain; charset=\"UTF-8\"", utf8),
+            PartIn {
+                content_type: "image/jpeg".into(),
+                text: None,
+                data: Some(base64::engine::general_purpose::STANDARD.encode(&binary)),
+                name: Some("photo.jpg".into()),
+            },
+        ];
+        let (ct, body) = build_body(&parts).unwrap();
+        assert!(ct.starts_with("multipart/mixed; boundary=\""), "{ct}");
+        // 7-bit, short lines, CRLF only: no hop needs 8BITMIME or tolerates long lines.
+        assert!(body.is_ascii());
+        let text = String::from_utf8(body.clone()).unwrap();
+        assert!(text
+            .split("\r\n")
+            .all(|l| l.len() <= 78 && !l.contains('\n')));
+        assert!(text.contains("Content-Transfer-Encoding: quoted-printable"));
+        assert!(text.contains("Content-Transfer-Encoding: base64"));
+        assert!(text.contains("Content-Location: photo.jpg"), "{text}");
+        assert!(text.contains("filename=\"photo.jpg\""), "{text}");
+        let back = reparse(&ct, &body);
+        assert_eq!(back.len(), 3, "{text}");
+        assert_eq!(back[0], ("text/plain".into(), long.into_bytes()));
+        assert_eq!(
+            String::from_utf8_lossy(&back[1].1).replace("\r\n", "\n"),
+            utf8
+        );
+        assert_eq!(back[2], ("image/jpeg".into(), binary));
+    }
+
+    #[test]
+    fn short_ascii_text_stays_readable() {
+        let (_, body) = build_body(&[text("text/plain", "hi there\nsecond")]).unwrap();
+        let text = String::from_utf8(body).unwrap();
+        assert!(
+            text.contains("Content-Type: text/plain; charset=\"utf-8\"\r\nContent-Transfer-Encoding: 7bit\r\n\r\nhi there\r\nsecond\r\n--"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_content_type_that_is_not_one_is_refused_with_its_field() {
+        for bad in [
+            "",
+            "text",
+            "text/plain\r\nX-Injected: 1",
+            "multipart/mixed",
+            "a/b; x",
+        ] {
+            match build_body(&[text(bad, "t")]) {
+                Err(SubmitError::Invalid { field, .. }) => {
+                    assert_eq!(field, "parts[0].content_type", "{bad:?}")
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+    }
 }

@@ -538,3 +538,36 @@ pub fn wait<F: std::future::Future>(f: F) -> F::Output {
         .expect("runtime")
         .block_on(f)
 }
+
+/// What an application hands the API that plain SMTP cannot carry as is: a 2,000-character
+/// line, UTF-8 text, a binary attachment (JSON `parts`).
+pub fn awkward_parts() -> (serde_json::Value, Vec<Vec<u8>>) {
+    use base64::Engine;
+    let long = "x".repeat(2000);
+    let utf8 = "Grüße aus Köln — 東京";
+    let binary: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
+    let json = serde_json::json!([
+        {"content_type": "text/plain", "text": long},
+        {"content_type": "text/plain", "text": utf8},
+        {"content_type": "application/octet-stream", "name": "blob.bin",
+         "data": base64::engine::general_purpose::STANDARD.encode(&binary)},
+    ]);
+    (
+        json,
+        vec![long.into_bytes(), utf8.as_bytes().to_vec(), binary],
+    )
+}
+
+/// The decoded contents of each body part of a mail (`data` as stored, or dot-stuffed as a
+/// sink received it), read by an independent MIME parser.
+pub fn decoded_parts(data: &str) -> Vec<Vec<u8>> {
+    let unstuffed = data.replace("\r\n..", "\r\n.");
+    let m = mail_parser::MessageParser::default()
+        .parse(unstuffed.as_bytes())
+        .expect("a MIME message");
+    m.parts
+        .iter()
+        .filter(|p| !matches!(p.body, mail_parser::PartType::Multipart(_)))
+        .map(|p| p.contents().to_vec())
+        .collect()
+}
