@@ -242,6 +242,13 @@ fn rcpt_state(i: usize, want: &'static str) -> impl Fn(&Value) -> bool {
     move |v| v["recipients"][i]["state"] == want
 }
 
+/// A subscriber's mailbox as it is now.
+fn mailbox_now(op: &Operator, n: &str) -> Value {
+    let (code, v) = http("GET", &op.api, &format!("/v1/mailbox/{n}"), None);
+    assert_eq!(code, 200, "{v}");
+    v
+}
+
 fn mailbox(op: &Operator, n: &str, count: usize) -> Value {
     wait_api(&op.api, &format!("/v1/mailbox/{n}"), |v| {
         v.as_array().is_some_and(|a| a.len() == count)
@@ -404,6 +411,17 @@ fn unknown_number_through_postfix_comes_back_as_a_dsn() {
     assert!(evidence.starts_with("DSN failed 5.1.1"), "{evidence}");
     let log = w.postfix.as_ref().unwrap().log();
     assert!(log.contains("sender non-delivery notification"), "{log}");
+    // The forward went from its originator, so Postfix's DSN went to the originator — a
+    // subscriber's address, which the relay takes for correlation (and files nowhere).
+    assert!(
+        log.contains(&format!("from=<+491721111111/TYPE=PLMN@{A_DOM}>")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("to=<+491721111111/TYPE=PLMN@{A_DOM}>")),
+        "{log}"
+    );
+    assert_eq!(mailbox_now(&w.a, "+491721111111"), json!([]));
 }
 
 #[test]

@@ -228,7 +228,8 @@ async fn accepted_with_dsn_parameters_and_full_to_list() {
     assert_eq!(
         got[0].mail_from,
         format!(
-            "MAIL FROM:<mm4-bounce@mms.mnc001.mcc001.gprs> SIZE={} RET=HDRS ENVID={tid}",
+            // From the originator (TS 23.140 §8.4), not the bounce mailbox.
+            "MAIL FROM:<+15550000001/TYPE=PLMN@mms.mnc001.mcc001.gprs> SIZE={} RET=HDRS ENVID={tid}",
             got[0].data.len()
         )
     );
