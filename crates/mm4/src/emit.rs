@@ -515,6 +515,32 @@ From: +491711111111\r\n\
 To: +491721234567\r\n\
 X-Mms-Status: Retrieved\r\n\r\n"
         );
+        // An MM1 status code: only to a peer that takes them; the MM4 one otherwise.
+        let res = Response {
+            message_id: None,
+            status: RequestStatus::TransientNetworkProblem,
+            status_text: None,
+        };
+        let pdu = Pdu::new("T3", Kind::ForwardRes(res));
+        let status_line = |mm1_status_codes| {
+            let profile = Profile {
+                mm1_status_codes,
+                ..Profile::default()
+            };
+            let out = String::from_utf8(emit(&pdu, &profile).unwrap()).unwrap();
+            out.lines()
+                .find(|l| l.starts_with("X-Mms-Request-Status-Code"))
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            status_line(true),
+            "X-Mms-Request-Status-Code: Error-transient-network-problem"
+        );
+        assert_eq!(
+            status_line(false),
+            "X-Mms-Request-Status-Code: Error-network-problem"
+        );
     }
 
     fn lines(out: &[u8]) -> Vec<String> {
