@@ -148,3 +148,77 @@ TOML
 }
 
 now() { date +%s.%N; }
+
+rate() { echo "$1 / $2" | bc -l; }
+queue_depth() { curl -s "127.0.0.1:$1/v1/queue" | python3 -c 'import json,sys; print(json.load(sys.stdin)["depth"])'; }
+stop_pid() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+# postfix_relay_rate MSGS FILE SINK_PORT: smtp-source → a private Postfix → smtp-sink on
+# SINK_PORT, 50 sessions, until Postfix's queue is empty; sets P_RELAY (msg/s).
+postfix_relay_rate() {
+  local pport t0 t1
+  pport=$(port)
+  start_postfix "$WORK/pf-relay" "$pport" "mms.mnc007.mcc262.gprs smtp:[127.0.0.1]:$3"
+  t0=$(now)
+  smtp-source -s 50 -m "$1" -F "$2" -f "+491721234567/TYPE=PLMN@mms.mnc002.mcc262.gprs" \
+    -t "+491790000001/TYPE=PLMN@mms.mnc007.mcc262.gprs" "127.0.0.1:$pport" >/dev/null
+  while [ "$(postfix_queue_size "$WORK/pf-relay")" -gt 0 ]; do sleep 0.05; done
+  t1=$(now)
+  postfix -c "$WORK/pf-relay" stop >/dev/null 2>&1 || true
+  rm -rf "$WORK/pf-relay"
+  P_RELAY=$(rate "$1" "$(echo "$t1 - $t0" | bc -l)")
+}
+
+# acked_pair_rate BIN LOAD MSGS SIZE XMM4(true|false): the acknowledged path between two
+# mmsrelays. MMs originated at A through its API (50 keep-alive connections) go to B; B files
+# them and answers with an MM4_forward.RES mail back into A, or — with XMM4 SYNC — in the reply
+# to the forward. Timed from the first submission until nothing waits at A (every forward
+# acknowledged) or B. Sets PAIR_RATE (msg/s). No subshell: PIDS must stay ours.
+acked_pair_rate() {
+  local bin=$1 load=$2 msgs=$3 size=$4 xmm4=$5 ap aapi bp bapi apid bpid t0 t1
+  ap=$(port); aapi=$(port); bp=$(port); bapi=$(port)
+  cat > "$WORK/ack-b-$xmm4.toml" <<TOML
+[mmse]
+domain = "mms.mnc007.mcc262.gprs"
+local_prefixes = ["+49179"]
+[smtp]
+listen = ["127.0.0.1:$bp"]
+max_message_size = 10485760
+max_connections_per_source = 1000
+xmm4 = $xmm4
+[api]
+listen = "127.0.0.1:$bapi"
+[dns]
+servers = ["127.0.0.1:9"]
+enum_suffixes = []
+[store]
+path = "$WORK/ack-b-$xmm4"
+[[peer]]
+name = "operator-a"
+domains = ["mms.mnc001.mcc001.gprs"]
+prefixes = ["+1555"]
+hosts = ["127.0.0.1:$ap"]
+tls = "none"
+max_connections = 16
+allow = ["127.0.0.0/8"]
+TOML
+  relay_config "$WORK/ack-a-$xmm4.toml" "$ap" "$aapi" "$WORK/ack-a-$xmm4" "
+[[peer]]
+name = \"operator-b\"
+domains = [\"mms.mnc007.mcc262.gprs\"]
+prefixes = [\"+49179\"]
+hosts = [\"127.0.0.1:$bp\"]
+tls = \"none\"
+max_connections = 16
+allow = [\"127.0.0.0/8\"]"
+  "$bin" serve -c "$WORK/ack-b-$xmm4.toml" >/dev/null 2> "$WORK/ack-b-$xmm4.log" & PIDS+=("$!"); bpid=$!
+  "$bin" serve -c "$WORK/ack-a-$xmm4.toml" >/dev/null 2> "$WORK/ack-a-$xmm4.log" & PIDS+=("$!"); apid=$!
+  wait_port "$bp" "relay B"; wait_port "$ap" "relay A"; wait_port "$aapi" "relay A's API"
+  t0=$(now)
+  "$load" submit --api "127.0.0.1:$aapi" --connections 50 --count "$msgs" --size "$size" >/dev/null
+  while [ "$(queue_depth "$aapi")" != 0 ] || [ "$(queue_depth "$bapi")" != 0 ]; do sleep 0.05; done
+  t1=$(now)
+  stop_pid "$apid"; stop_pid "$bpid"
+  rm -rf "$WORK/ack-a-$xmm4" "$WORK/ack-b-$xmm4"
+  PAIR_RATE=$(rate "$msgs" "$(echo "$t1 - $t0" | bc -l)")
+}

@@ -6,6 +6,9 @@
 //! * `sink`: an SMTP server that answers like a fast MMSE (nothing stored), optionally folding
 //!   the MM4 RES into its reply (XMM4 SYNC).
 //! * `idle`: opens N connections, reads each greeting and holds them (for memory per session).
+//! * `submit`: MMs originated through the API, over N keep-alive HTTP connections.
+
+mod submit;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -60,6 +63,22 @@ enum Cmd {
         /// Advertise XMM4 SYNC and fold the RES into the reply.
         #[arg(long)]
         xmm4: bool,
+    },
+    /// Submit MMs through the API (`POST /v1/messages`) and measure.
+    Submit {
+        /// The API's address (host:port).
+        #[arg(long)]
+        api: SocketAddr,
+        #[arg(long, default_value_t = 10)]
+        connections: usize,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        #[arg(long, default_value_t = 102_400)]
+        size: usize,
+        #[arg(long, default_value = "+15550000001")]
+        from: String,
+        #[arg(long, default_value = "+491790000001")]
+        to: String,
     },
     /// Hold N idle connections open.
     Idle {
@@ -358,6 +377,20 @@ fn main() {
                 source,
                 rate,
             ));
+            println!("{}", r.line());
+            if r.accepted == 0 {
+                std::process::exit(1);
+            }
+        }
+        Cmd::Submit {
+            api,
+            connections,
+            count,
+            size,
+            from,
+            to,
+        } => {
+            let r = rt.block_on(submit::submit(api, connections, count, size, &from, &to));
             println!("{}", r.line());
             if r.accepted == 0 {
                 std::process::exit(1);

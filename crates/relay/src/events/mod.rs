@@ -145,8 +145,19 @@ impl Events {
             };
             match self.store.claim_events(&req).await {
                 Ok(evs) if !evs.is_empty() => {
+                    // The claimed batch is handled concurrently, so that its commits share
+                    // fsyncs (group commit) instead of paying one each, in a row. Events that
+                    // touch the same recipients are kept apart by compare-and-set: a conflict
+                    // means read again. The batch size bounds the work in flight.
+                    let mut batch = tokio::task::JoinSet::new();
                     for ev in evs {
-                        self.process(ev).await;
+                        let me = self.clone();
+                        batch.spawn(async move { me.process(ev).await });
+                    }
+                    while let Some(done) = batch.join_next().await {
+                        if let Err(e) = done {
+                            tracing::error!(error = %e, "event task failed; its claim lapses");
+                        }
                     }
                     continue;
                 }
