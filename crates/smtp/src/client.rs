@@ -256,35 +256,35 @@ pub struct Plan {
 
 /// Whether the bytes contain any octet above 127.
 pub fn is_8bit(body: &[u8]) -> bool {
-    body.iter().any(|b| *b >= 0x80)
+    // OR-ing a block at a time vectorises; a byte-wise `any` does not (it runs on every
+    // octet of every message we send).
+    body.chunks(64)
+        .any(|c| c.iter().fold(0u8, |acc, b| acc | b) >= 0x80)
 }
 
 /// Whether the body needs BINARYMIME: NUL, bare CR or bare LF, or lines over 998 octets.
 pub fn is_binary(body: &[u8]) -> bool {
-    let mut line = 0usize;
-    for (i, &b) in body.iter().enumerate() {
-        match b {
-            0 => return true,
-            b'\n' => {
-                if i == 0 || body[i - 1] != b'\r' {
-                    return true;
-                }
-                line = 0;
-            }
-            b'\r' => {
-                if body.get(i + 1) != Some(&b'\n') {
-                    return true;
-                }
-            }
-            _ => {
-                line += 1;
-                if line > 998 {
-                    return true;
-                }
-            }
-        }
+    if memchr::memchr(0, body).is_some() {
+        return true;
     }
-    false
+    // Only line ends are visited (memchr), not every octet.
+    let mut line_start = 0;
+    for i in memchr::memchr2_iter(b'\r', b'\n', body) {
+        if body[i] == b'\r' {
+            if body.get(i + 1) != Some(&b'\n') {
+                return true;
+            }
+            continue;
+        }
+        if i == 0 || body[i - 1] != b'\r' {
+            return true;
+        }
+        if i - 1 - line_start > 998 {
+            return true;
+        }
+        line_start = i + 1;
+    }
+    body.len() - line_start > 998
 }
 
 fn check_addr(a: &str) -> Result<(), PlanError> {
@@ -556,6 +556,16 @@ mod tests {
         assert!(is_binary(b"a\rb"));
         assert!(is_binary(b"a\0b"));
         assert!(is_binary(&[b'x'; 999]));
+        assert!(!is_binary(&[b'x'; 998]));
+        let line = |n: usize| [vec![b'y'; n], b"\r\n".to_vec()].concat();
+        assert!(!is_binary(&[line(998), line(998), line(0)].concat()));
+        assert!(is_binary(&[line(10), line(999), line(3)].concat()));
+        assert!(is_binary(b"a\r\nb\r"));
+        assert!(is_binary(b"\na"));
         assert!(is_8bit("ü".as_bytes()));
+        let mut long = vec![b'a'; 1000];
+        assert!(!is_8bit(&long));
+        long[777] = 0x80;
+        assert!(is_8bit(&long));
     }
 }
