@@ -150,7 +150,8 @@ TOML
 now() { date +%s.%N; }
 
 rate() { echo "$1 / $2" | bc -l; }
-queue_depth() { curl -s "127.0.0.1:$1/v1/queue" | python3 -c 'import json,sys; print(json.load(sys.stdin)["depth"])'; }
+# (No python per poll: a polling loop must not take CPU from what it measures.)
+queue_depth() { curl -s "127.0.0.1:$1/v1/queue" | sed -n 's/^{"depth":\([0-9]*\).*/\1/p'; }
 stop_pid() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 # postfix_relay_rate MSGS FILE SINK_PORT: smtp-source → a private Postfix → smtp-sink on

@@ -18,7 +18,6 @@ TO_LOCAL="+15550000001/TYPE=PLMN@mms.mnc001.mcc001.gprs"
 TO_ONWARD="+491790000001/TYPE=PLMN@mms.mnc007.mcc262.gprs"
 ROWS=()
 row() { ROWS+=("$(printf '%-50s %10s %12s %s' "$1" "$2" "$3" "$4")"); }
-rate() { echo "$1 / $2" | bc -l; }
 kv() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores; $(free -g | awk '/Mem/{print $2}') GiB; data under $WORK ($(df -h "$WORK" | awk 'NR==2{print $1}'))"
@@ -56,7 +55,6 @@ start_relay() { # name smtp_port api_port extra_toml
   "$BIN" serve -c "$WORK/$1.toml" >/dev/null 2> "$WORK/$1.log" & PIDS+=("$!")
   wait_port "$2" "$1"
 }
-stop_pid() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 PEER_SRC='
 [[peer]]
 name = "src"
@@ -82,7 +80,6 @@ postfix -c "$WORK/pf-relay" stop >/dev/null 2>&1 || true
 BSINK=$(port)
 "$LOAD" sink --listen "127.0.0.1:$BSINK" >/dev/null 2>&1 & PIDS+=("$!")
 wait_port "$BSINK" "bench sink"
-queue_depth() { curl -s "127.0.0.1:$1/v1/queue" | python3 -c 'import json,sys; print(json.load(sys.stdin)["depth"])'; }
 onward_peer() { # name port
   printf '\n[[peer]]\nname = "%s"\ndomains = ["mms.mnc007.mcc262.gprs"]\nprefixes = ["+49179"]\nhosts = ["127.0.0.1:%s"]\ntls = "none"\nmax_connections = 16\nallow = ["127.0.0.0/8"]\n' "$1" "$2"
 }

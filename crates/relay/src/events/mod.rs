@@ -124,11 +124,17 @@ impl Events {
     }
 
     /// Processes stored events until `shutdown`.
+    ///
+    /// Events are handled concurrently — up to `batch` at once, more claimed as soon as some
+    /// finish — so that their commits share fsyncs (group commit) instead of paying one each in
+    /// a row, and one slow event never holds up the next ones. Events that touch the same
+    /// recipients are kept apart by compare-and-set: a conflict means read again.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut next_exchange = 0i64;
+        let mut running = tokio::task::JoinSet::new();
         loop {
             if *shutdown.borrow() {
-                return;
+                break;
             }
             if self.now() >= next_exchange {
                 next_exchange = self.now() + 60_000;
@@ -137,39 +143,51 @@ impl Events {
                 }
             }
             self.release_abandoned().await;
-            let req = ClaimRequest {
-                owner: &self.node,
-                now: self.now().max(0) as u64,
-                lease: self.lease,
-                limit: self.batch,
-            };
-            match self.store.claim_events(&req).await {
-                Ok(evs) if !evs.is_empty() => {
-                    // The claimed batch is handled concurrently, so that its commits share
-                    // fsyncs (group commit) instead of paying one each, in a row. Events that
-                    // touch the same recipients are kept apart by compare-and-set: a conflict
-                    // means read again. The batch size bounds the work in flight.
-                    let mut batch = tokio::task::JoinSet::new();
-                    for ev in evs {
-                        let me = self.clone();
-                        batch.spawn(async move { me.process(ev).await });
-                    }
-                    while let Some(done) = batch.join_next().await {
-                        if let Err(e) = done {
-                            tracing::error!(error = %e, "event task failed; its claim lapses");
+            let room = self.batch.saturating_sub(running.len());
+            let mut full = false;
+            if room > 0 {
+                let req = ClaimRequest {
+                    owner: &self.node,
+                    now: self.now().max(0) as u64,
+                    lease: self.lease,
+                    limit: room,
+                };
+                match self.store.claim_events(&req).await {
+                    Ok(evs) => {
+                        full = evs.len() == room;
+                        for ev in evs {
+                            let me = self.clone();
+                            running.spawn(async move { me.process(ev).await });
                         }
                     }
-                    continue;
+                    Err(e) => tracing::error!(error = %e, "events: store error"),
                 }
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "events: store error"),
+            }
+            if full {
+                // There may be more: claim again once some have finished.
+                if let Some(Err(e)) = running.join_next().await {
+                    tracing::error!(error = %e, "event task failed; its claim lapses");
+                }
+                continue;
             }
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 _ = shutdown.changed() => {}
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    if let Err(e) = done {
+                        tracing::error!(error = %e, "event task failed; its claim lapses");
+                    }
+                }
             }
         }
+        // Events under way get a moment to commit; one that does not is handled again once
+        // its claim lapses.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+        running.shutdown().await;
     }
 
     /// Gives up an event's claim (released now, else on the next pass): it is handled again
