@@ -283,7 +283,14 @@ async fn run_from(
         max_per_source: cfg.smtp.max_connections_per_source,
     };
     // Every socket is bound before any is served: a relay that cannot take its API port must
-    // exit before it has accepted a message, not after.
+    // exit before it has accepted a message, not after. The API's first: a listening SMTP
+    // socket already completes handshakes into its backlog, which an exit would then reset.
+    let api_listener = TcpListener::bind(cfg.api.listen)
+        .await
+        .map_err(|e| ServeError::Bind {
+            addr: format!("api.listen {}", cfg.api.listen),
+            reason: e.to_string(),
+        })?;
     let mut smtp_listeners = Vec::new();
     let plain = cfg.smtp.listen.iter().map(|a| (a, &driver));
     let wrapped = cfg.smtp.listen_tls.iter().map(|a| (a, &implicit));
@@ -296,12 +303,6 @@ async fn run_from(
             })?;
         smtp_listeners.push((l, how.clone()));
     }
-    let api_listener = TcpListener::bind(cfg.api.listen)
-        .await
-        .map_err(|e| ServeError::Bind {
-            addr: format!("api.listen {}", cfg.api.listen),
-            reason: e.to_string(),
-        })?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut listeners = tokio::task::JoinSet::new();
     for (l, how) in smtp_listeners {

@@ -68,6 +68,8 @@ impl Relay {
     }
 
     pub fn spawn(dir: &Path, config: PathBuf, smtp: SocketAddr) -> Relay {
+        // A restarted relay appends to the same log: only what this one writes counts.
+        let from = std::fs::metadata(dir.join("relay.log")).map_or(0, |m| m.len() as usize);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -82,22 +84,35 @@ impl Relay {
             .stderr(log)
             .spawn()
             .unwrap();
-        let r = Relay {
+        let mut r = Relay {
             child,
             smtp,
             dir: dir.to_path_buf(),
             config,
         };
+        r.wait_running(from);
+        r
+    }
+
+    /// Until the relay says it runs (every listener bound and served) — a listening SMTP port
+    /// alone does not say so — failing with its log if it exits or takes too long.
+    fn wait_running(&mut self, from: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(smtp).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "relay did not start: {}",
-                r.log()
-            );
+        loop {
+            let log = self.log();
+            if log
+                .get(from..)
+                .is_some_and(|l| l.contains("mmsrelay running"))
+                && TcpStream::connect(self.smtp).is_ok()
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("relay exited ({status}) while starting: {log}");
+            }
+            assert!(Instant::now() < deadline, "relay did not start: {log}");
             std::thread::sleep(Duration::from_millis(20));
         }
-        r
     }
 
     pub fn restart(&mut self) {
