@@ -27,6 +27,17 @@ fn node(name: &str, url: &str, peer: SocketAddr) -> Node {
 
 /// [`node`], with B allowing `max_connections` connections.
 fn node_with(name: &str, url: &str, peer: SocketAddr, max_connections: usize) -> Node {
+    node_pooling(name, url, peer, max_connections, "1s")
+}
+
+/// [`node_with`], keeping idle connections for `pool_idle`.
+fn node_pooling(
+    name: &str,
+    url: &str,
+    peer: SocketAddr,
+    max_connections: usize,
+    pool_idle: &str,
+) -> Node {
     let dir = testbed::TempDir::new(&format!("cluster-{name}"));
     let smtp: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
         .parse()
@@ -35,7 +46,7 @@ fn node_with(name: &str, url: &str, peer: SocketAddr, max_connections: usize) ->
         "hosts = [\"{peer}\"]\ntls = \"none\"\nmax_connections = {max_connections}\n\n\
 [[peer]]\nname = \"operator-c\"\ndomains = [\"mms.mnc001.mcc208.gprs\"]\nprefixes = [\"+336\"]\n\
 allow = [\"127.0.0.3/32\"]\ntransit = true\ntls = \"none\"\n\n\
-[queue]\nack_timeout = \"10m\"\nretry_initial = \"1s\"\nretry_max = \"2s\"\npool_idle = \"1s\"\n\n\
+[queue]\nack_timeout = \"10m\"\nretry_initial = \"1s\"\nretry_max = \"2s\"\npool_idle = \"{pool_idle}\"\n\n\
 [cluster]\nnode = \"{name}\"\nlease = \"3s\"\n"
     );
     let mut cfg = config(&dir.0, smtp, "max_connections_per_source = 1000", &extra);
@@ -510,4 +521,42 @@ fn a_peers_connection_limit_counts_every_nodes_connections() {
         "{} connections at once for a limit of 2",
         most.load(Ordering::SeqCst)
     );
+}
+
+#[test]
+fn a_node_that_joins_gets_its_share_of_a_peers_connections() {
+    // Defect: a node alone took all of a peer's connections and kept them idle in its pool; a
+    // node that joined found every slot held, waited the connect timeout and deferred its MMs
+    // (a 2-node relay benchmark ran at a tenth of 1 node's rate).
+    let pg = testbed::Postgres::start();
+    pg.create_db("share");
+    let url = pg.url("share");
+    let open = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let taken = Arc::new(AtomicUsize::new(0));
+    let peer = counting_peer(open.clone(), most.clone(), taken.clone());
+    let a1 = node_pooling("a1", &url, peer, 2, "10m");
+    for n in 0..4 {
+        submit(&a1.api, &format!("+4917250000{n:02}"), "alone").expect("accepted");
+    }
+    let until = |what: &str, cond: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cond() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    until("a1 alone delivers", &|| taken.load(Ordering::SeqCst) == 4);
+    assert_eq!(open.load(Ordering::SeqCst), 2, "a1 keeps both idle");
+    // A second node: a1's share is now one connection, and it gives the other back.
+    let a2 = node_pooling("a2", &url, peer, 2, "10m");
+    until("a1 keeps only its share", &|| {
+        open.load(Ordering::SeqCst) <= 1
+    });
+    for n in 0..8 {
+        let api = if n % 2 == 0 { &a1.api } else { &a2.api };
+        submit(api, &format!("+4917260000{n:02}"), "both").expect("accepted");
+    }
+    until("both nodes deliver", &|| taken.load(Ordering::SeqCst) == 12);
+    assert!(most.load(Ordering::SeqCst) <= 2, "never above the limit");
 }

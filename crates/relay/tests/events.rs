@@ -147,6 +147,10 @@ impl Spool for Flaky {
     async fn release_slot(&self, slot: &Slot) -> Result<(), StoreError> {
         self.inner().release_slot(slot).await
     }
+    async fn live_nodes(&self, since: u64) -> Result<usize, StoreError> {
+        self.inner().live_nodes(since).await
+    }
+
     async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
         self.inner().nodes().await
     }

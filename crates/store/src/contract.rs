@@ -405,6 +405,9 @@ pub trait Spool: Send + Sync {
     /// The nodes that have renewed claims (each `renew` is a node's heartbeat; a node is named
     /// by [`node_of`] its owner name, and its claims are its latest incarnation's).
     async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError>;
+    /// How many nodes have renewed their claims since `since` (unix ms): the nodes a peer's
+    /// connection limit is shared among.
+    async fn live_nodes(&self, since: u64) -> Result<usize, StoreError>;
 
     /// Every queue with work, kept up to date as commits land.
     async fn queues(&self) -> Result<Vec<QueueSummary>, StoreError>;

@@ -656,6 +656,15 @@ impl Spool for Embedded {
         Ok(())
     }
 
+    async fn live_nodes(&self, since: u64) -> Result<usize, StoreError> {
+        let h = self
+            .shared
+            .heartbeats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        Ok(h.values().filter(|(_, t)| *t >= since).count())
+    }
+
     async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
         let beats: Vec<(String, String, u64)> = {
             let h = self

@@ -17,6 +17,7 @@ pub mod transaction;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -82,9 +83,13 @@ pub struct Outbound {
     pub wake: Arc<Notify>,
     /// Recipients in flight per queue (this node's claims being worked on).
     in_flight: Mutex<HashMap<String, usize>>,
-    /// Per peer: this node's connections at once (`max_connections`), made when first needed
-    /// and made again when a reload changes the limit.
+    /// Per peer: this node's connections at once (its share of `max_connections`), made when
+    /// first needed and made again when a reload or the cluster's size changes the share.
     semaphores: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
+    /// The nodes that share the store (this one included), as the last heartbeat saw them.
+    live_nodes: AtomicUsize,
+    /// Per peer: the connection slots this node holds (busy and idle connections).
+    held: Mutex<HashMap<String, usize>>,
     pool: pool::Pool,
     pub capabilities: Mutex<HashMap<String, SeenCapabilities>>,
     /// The last transient failure per peer (time, evidence), for `GET /v1/peers`.
@@ -122,6 +127,8 @@ impl Outbound {
             wake: Arc::new(Notify::new()),
             in_flight: Mutex::new(HashMap::new()),
             semaphores: Mutex::new(HashMap::new()),
+            live_nodes: AtomicUsize::new(1),
+            held: Mutex::new(HashMap::new()),
             pool,
             capabilities: Mutex::new(HashMap::new()),
             last_error: Mutex::new(HashMap::new()),
@@ -146,9 +153,52 @@ impl Outbound {
         });
     }
 
-    /// The semaphore of `peer`'s connections on this node, for its current `max_connections`.
+    /// This node's share of a peer's `max_connections`: the limit counts every node's
+    /// connections, and a node that took them all (idle in its pool, or busy with its own
+    /// backlog) would starve the others — their transactions waiting for a slot until the
+    /// connect timeout, then deferred. So each of the live nodes keeps to an equal part (at
+    /// least one; the slots claimed in the store still hold the sum to the limit).
+    fn connection_share(&self, max_connections: usize) -> usize {
+        let nodes = self.live_nodes.load(Ordering::Relaxed).max(1);
+        (max_connections / nodes).max(1)
+    }
+
+    /// The cluster's size as the heartbeat found it. When it grew, idle connections beyond
+    /// this node's new share are closed now, giving their slots to the nodes that joined.
+    pub(super) async fn cluster_size(&self, nodes: usize) {
+        let before = self.live_nodes.swap(nodes.max(1), Ordering::Relaxed);
+        if nodes <= before {
+            return;
+        }
+        let dir = self.router.dir.get();
+        let excess = self.pool.trim(|peer, idle| {
+            let share = dir.peer_by_name(peer).map_or(0, |p| {
+                self.connection_share(dir.peers[p].cfg.max_connections)
+            });
+            let busy = self.held(peer).saturating_sub(idle);
+            share.saturating_sub(busy)
+        });
+        for h in excess {
+            self.close(h).await;
+        }
+    }
+
+    /// The connection slots this node holds for `peer`.
+    fn held(&self, peer: &str) -> usize {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.get(peer).copied().unwrap_or(0)
+    }
+
+    /// Counts a slot taken (`+1`) or given back (`-1`).
+    fn count_slot(&self, peer: &str, taken: bool) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let n = held.entry(peer.to_string()).or_insert(0);
+        *n = if taken { *n + 1 } else { n.saturating_sub(1) };
+    }
+
+    /// The semaphore of `peer`'s connections on this node, for its current share.
     fn semaphore(&self, peer: &crate::directory::Peer) -> Arc<Semaphore> {
-        let limit = peer.cfg.max_connections;
+        let limit = self.connection_share(peer.cfg.max_connections);
         let mut all = self.semaphores.lock().unwrap_or_else(|e| e.into_inner());
         let entry = all
             .entry(peer.cfg.name.clone())

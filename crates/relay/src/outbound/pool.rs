@@ -84,6 +84,21 @@ impl Pool {
         Some(list.swap_remove(i).held)
     }
 
+    /// The idle connections beyond `keep(peer, idle)` per peer (the longest idle first), taken
+    /// out to be closed.
+    pub fn trim(&self, keep: impl Fn(&str, usize) -> usize) -> Vec<Held> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for (peer, list) in idle.iter_mut() {
+            let keep = keep(peer, list.len());
+            if list.len() > keep {
+                list.sort_by_key(|i| std::cmp::Reverse(i.since));
+                out.extend(list.drain(keep..).map(|i| i.held));
+            }
+        }
+        out
+    }
+
     /// The connections idle longer than the limit, taken out to be closed: an idle connection
     /// holds one of its peer's slots, which another node may be waiting for.
     pub fn expired(&self, now: i64) -> Vec<Held> {

@@ -79,15 +79,27 @@ impl Outbound {
     /// Renews every claim of this node every third of the lease, in a task of its own: a slow
     /// pass of the scheduler (a busy database) must never let the claims of work under way
     /// lapse, or another node would send it too. It runs until the scheduler has seen its last
-    /// deliveries finish (then it is stopped).
+    /// deliveries finish (then it is stopped). It also counts the live nodes, every second at
+    /// most: a node that joins waits for its share of a peer's connections no longer than that.
     async fn heartbeat(self: Arc<Self>) {
-        let every = (self.cfg.lease / 3).max(Duration::from_millis(1));
+        let renew_every = (self.cfg.lease / 3).max(Duration::from_millis(1));
+        let look_every = renew_every.min(Duration::from_secs(1));
+        let mut next_renew = tokio::time::Instant::now();
         loop {
             let now = self.clock.now_ms().max(0) as u64;
-            if let Err(e) = self.store.renew(&self.cfg.node, now, self.cfg.lease).await {
-                tracing::error!(error = %e, "heartbeat: claims not renewed");
+            if tokio::time::Instant::now() >= next_renew {
+                if let Err(e) = self.store.renew(&self.cfg.node, now, self.cfg.lease).await {
+                    tracing::error!(error = %e, "heartbeat: claims not renewed");
+                }
+                next_renew = tokio::time::Instant::now() + renew_every;
             }
-            tokio::time::sleep(every).await;
+            // Alive: renewed within a lease (a node that stopped has lapsed by then).
+            let since = now.saturating_sub(self.cfg.lease.as_millis() as u64);
+            match self.store.live_nodes(since).await {
+                Ok(n) => self.cluster_size(n).await,
+                Err(e) => tracing::warn!(error = %e, "heartbeat: cluster size unknown"),
+            }
+            tokio::time::sleep(look_every).await;
         }
     }
 

@@ -263,7 +263,10 @@ impl Outbound {
                 .claim_slot(name, limit, &self.cfg.node, now, self.cfg.lease)
                 .await
             {
-                Ok(Some(s)) => return Ok(s),
+                Ok(Some(s)) => {
+                    self.count_slot(name, true);
+                    return Ok(s);
+                }
                 Ok(None) => {}
                 Err(e) => {
                     return Err(Attempt::Retry {
@@ -287,6 +290,7 @@ impl Outbound {
     }
 
     async fn release_slot(&self, slot: &Slot) {
+        self.count_slot(&slot.peer, false);
         if let Err(e) = self.store.release_slot(slot).await {
             // It lapses with this node's claims.
             tracing::warn!(error = %e, peer = %slot.peer, "connection slot not released");
@@ -375,12 +379,17 @@ impl Outbound {
         result
     }
 
-    /// Back to the pool, or closed (broken, or the pool is full).
+    /// Back to the pool, or closed: broken, or this node holds more than its share of the
+    /// peer's connections (the cluster grew, or a reload lowered the limit).
     async fn release(&self, peer: &Peer, held: Held) {
-        let limit = peer.cfg.max_connections;
+        let share = self.connection_share(peer.cfg.max_connections);
+        if self.held(&peer.cfg.name) > share {
+            self.close(held).await;
+            return;
+        }
         if let Some(h) = self
             .pool
-            .put(&peer.cfg.name, held, limit, self.clock.now_ms())
+            .put(&peer.cfg.name, held, share, self.clock.now_ms())
         {
             self.close(h).await;
         }

@@ -534,6 +534,18 @@ impl Spool for Postgres {
         Ok(row.map(|r| r.get::<_, i64>(0) as u64))
     }
 
+    async fn live_nodes(&self, since: u64) -> Result<usize, StoreError> {
+        let c = self.client().await?;
+        let row = q_opt(
+            &c,
+            "SELECT count(*) FROM nodes WHERE heartbeat >= $1",
+            &[&(since as i64)],
+        )
+        .await
+        .map_err(db)?;
+        Ok(row.map_or(0, |r| r.get::<_, i64>(0) as usize))
+    }
+
     async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
         let c = self.client().await?;
         let rows = q(

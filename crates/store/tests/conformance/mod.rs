@@ -650,6 +650,10 @@ pub async fn nodes_report_heartbeats_and_claims(b: &impl Backend) {
             },
         ]
     );
+    // Live: renewed since the time asked (a node, not an incarnation, counts once).
+    assert_eq!(s.live_nodes(0).await.unwrap(), 2);
+    assert_eq!(s.live_nodes(2100).await.unwrap(), 1, "n1 beat last at 2000");
+    assert_eq!(s.live_nodes(2600).await.unwrap(), 0);
 }
 
 pub async fn connection_slots_are_counted_across_owners(b: &impl Backend) {
