@@ -2,7 +2,7 @@
 # The benchmark suite: mmsrelay beside Postfix and the machine's own limits, in one run, one
 # table. Not a test: run it on an otherwise idle machine; compare figures from one run only.
 #
-#   benches/run.sh [MESSAGES]          (default 2000 per measurement)
+#   benches/run.sh [MESSAGES]          (default 2000 per measurement; BIN=path for another build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MSGS=${1:-2000}
@@ -10,7 +10,7 @@ SIZE=102400
 . benches/lib.sh
 need_packages
 cargo build --release -q -p mmsrelay -p bench
-BIN=$PWD/target/release/mmsrelay
+BIN=${BIN:-$PWD/target/release/mmsrelay}   # BIN=… compares another build in the same session
 LOAD=$PWD/target/release/mmsrelay-bench
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 FROM="+491721234567/TYPE=PLMN@mms.mnc002.mcc262.gprs"
