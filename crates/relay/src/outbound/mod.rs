@@ -189,11 +189,18 @@ impl Outbound {
         held.get(peer).copied().unwrap_or(0)
     }
 
-    /// Counts a slot taken (`+1`) or given back (`-1`).
-    fn count_slot(&self, peer: &str, taken: bool) {
+    /// Counts a slot this node took for `peer`.
+    fn slot_taken(&self, peer: &str) {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        let n = held.entry(peer.to_string()).or_insert(0);
-        *n = if taken { *n + 1 } else { n.saturating_sub(1) };
+        *held.entry(peer.to_string()).or_insert(0) += 1;
+    }
+
+    /// Counts a slot this node gave back.
+    fn slot_given_back(&self, peer: &str) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(peer) {
+            *n = n.saturating_sub(1);
+        }
     }
 
     /// The semaphore of `peer`'s connections on this node, for its current share.

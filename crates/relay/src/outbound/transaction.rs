@@ -264,7 +264,7 @@ impl Outbound {
                 .await
             {
                 Ok(Some(s)) => {
-                    self.count_slot(name, true);
+                    self.slot_taken(name);
                     return Ok(s);
                 }
                 Ok(None) => {}
@@ -290,7 +290,7 @@ impl Outbound {
     }
 
     async fn release_slot(&self, slot: &Slot) {
-        self.count_slot(&slot.peer, false);
+        self.slot_given_back(&slot.peer);
         if let Err(e) = self.store.release_slot(slot).await {
             // It lapses with this node's claims.
             tracing::warn!(error = %e, peer = %slot.peer, "connection slot not released");
