@@ -52,6 +52,8 @@ struct ASpec<'a> {
     api: &'a str,
     b: &'a str,
     more: &'a str,
+    /// Arguments of `serve` beyond the configuration.
+    args: &'a [&'a str],
 }
 
 /// Operator A (+1555) on `smtp_port`.
@@ -98,7 +100,7 @@ allow = ["127.0.0.1/32"]
         store = dir.0.join("data").display()
     );
     let smtp: SocketAddr = format!("127.0.0.1:{smtp_port}").parse().unwrap();
-    let relay = Relay::start(&dir.0, &cfg, smtp);
+    let relay = Relay::start_with(&dir.0, &cfg, smtp, spec.args);
     Op {
         dir,
         relay,
@@ -190,6 +192,11 @@ fn wait_cdr_types(data: &Path, want: &[&str]) -> Vec<String> {
 
 /// A pair where B answers with separate RES mails (XMM4 off) or folds them (XMM4 on).
 fn pair(xmm4: bool) -> (Op, Op) {
+    pair_with(xmm4, &[])
+}
+
+/// [`pair`], A's `serve` given `a_args` too.
+fn pair_with(xmm4: bool, a_args: &[&str]) -> (Op, Op) {
     let b_smtp: SocketAddr = format!("127.0.0.1:{}", port()).parse().unwrap();
     let a_smtp_port = port();
     let b = operator_b(
@@ -202,10 +209,97 @@ fn pair(xmm4: bool) -> (Op, Op) {
         a_smtp_port,
         ASpec {
             b_hosts: &format!("\"{b_smtp}\""),
+            args: a_args,
             ..ASpec::default()
         },
     );
     (a, b)
+}
+
+/// The mail log's events for message `id` in `log`, in order (text or JSON lines).
+fn mail_log_events(log: &str, id: &str, json: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in log.lines() {
+        if json {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            if v["target"] == "mail" && v["fields"]["id"].as_u64() == id.parse().ok() {
+                out.push(v["fields"]["event"].as_str().unwrap_or("").to_string());
+            }
+        } else if line.contains(" mail: ") {
+            let mut tokens = line.split_whitespace();
+            if tokens.clone().any(|t| t == format!("id={id}")) {
+                if let Some(e) = tokens.find_map(|t| t.strip_prefix("event=")) {
+                    out.push(e.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_mail_log_follows_an_mm_by_its_id_in_text_and_json() {
+    for json in [false, true] {
+        let args: &[&str] = if json { &["--log-format", "json"] } else { &[] };
+        let (a, b) = pair_with(false, args);
+        let id = submit(&a, "+491721111111", true, false);
+        wait_message(&a.api, &id, state_is("acknowledged"));
+        let mbox = wait_api(&b.api, "/v1/mailbox/+491721111111", |v| {
+            v.as_array().is_some_and(|a| a.len() == 1)
+        });
+        let mid = mbox[0]["id"].as_str().unwrap().to_string();
+        let (code, r) = http(
+            "POST",
+            &b.api,
+            &format!("/v1/mailbox/+491721111111/{mid}/report"),
+            Some(r#"{"status":"Retrieved"}"#),
+        );
+        assert_eq!(code, 202, "{r}");
+        wait_message(&a.api, &id, state_is("delivered"));
+        // Written right after the commit the API has already shown.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = mail_log_events(&a.relay.log(), &id, json);
+            if events.last().map(String::as_str) == Some("delivered") {
+                assert_eq!(
+                    events,
+                    [
+                        "received",
+                        "queued",
+                        "forwarded",
+                        "acknowledged",
+                        "delivered"
+                    ],
+                    "json: {json}"
+                );
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "json: {json}: {events:?}\n{}",
+                a.relay.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if json {
+            let log = a.relay.log();
+            let received = log
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|v| {
+                    v["fields"]["event"] == "received"
+                        && v["fields"]["id"].as_u64() == id.parse().ok()
+                })
+                .unwrap();
+            assert_eq!(received["fields"]["source"], "api", "{received}");
+            assert_eq!(
+                received["fields"]["from"],
+                "+15550000001/TYPE=PLMN@mms.mnc001.mcc001.gprs"
+            );
+        }
+    }
 }
 
 #[test]

@@ -764,8 +764,12 @@ async fn change_pending(
             ops.push(st.op(id, row.idx, due, store::Guard::Version(row.version)));
         }
         let n = ops.len();
+        let log = crate::maillog::Pending::of(&ops);
         match api.store.commit_all(ops).await {
-            Ok(_) => return Ok((id, n)),
+            Ok(_) => {
+                log.emit();
+                return Ok((id, n));
+            }
             Err(store::StoreError::Conflict) => {
                 rows = api.store.recipients(id).await.map_err(internal)?;
             }

@@ -511,8 +511,10 @@ impl smtp::driver::MessageHandler for Inbound {
         if let Some(Op::PutMessage { body, .. }) = plan.ops.first_mut() {
             *body = msg.data;
         }
+        let log = crate::maillog::Pending::of(&plan.ops);
         match self.store.commit(plan.ops).await {
             Ok(results) => {
+                log.emit();
                 let dups = results
                     .iter()
                     .filter(|r| matches!(r, OpResult::Duplicate(_)))

@@ -12,6 +12,7 @@ pub mod events;
 pub mod inbound;
 pub mod keys;
 pub mod live;
+pub mod maillog;
 pub mod metrics;
 pub mod originate;
 pub mod outbound;

@@ -194,7 +194,7 @@ impl Originator {
         let when = at.unwrap_or(now);
         let meta = StoredMessage {
             received_at: now,
-            source: "relay".into(),
+            source: crate::records::SOURCE_RELAY.into(),
             peer: Some(peer.clone()),
             helo: String::new(),
             mail_from: self.system_address.clone(),

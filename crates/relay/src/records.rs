@@ -52,11 +52,15 @@ pub enum MessageKind {
     Refused { message_type: String },
 }
 
+/// The source of what the relay made itself (RES, reports).
+pub const SOURCE_RELAY: &str = "relay";
+
 /// The metadata of a stored message (its body is stored beside it, once).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredMessage {
     /// Unix time in milliseconds.
     pub received_at: i64,
+    /// Where it came from: the client's address, `api`, or [`SOURCE_RELAY`].
     pub source: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,

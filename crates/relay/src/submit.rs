@@ -524,9 +524,10 @@ pub async fn submit(
     let message_id = built.message_id.clone();
     let planned = plan(&v, cfg, router, &built.base_tid).await;
     let id = store.next_id().await?;
-    store
-        .commit(ops(id, &v, built, &planned, &req, cfg, now_ms))
-        .await?;
+    let all = ops(id, &v, built, &planned, &req, cfg, now_ms);
+    let log = crate::maillog::Pending::of(&all);
+    store.commit(all).await?;
+    log.emit();
     Ok(Submitted {
         id,
         message_id,

@@ -21,6 +21,8 @@ pub struct Relay {
     pub smtp: SocketAddr,
     pub dir: PathBuf,
     pub config: PathBuf,
+    /// Arguments of `serve` beyond the configuration (kept for restarts).
+    pub args: Vec<String>,
 }
 
 /// A config for a relay on `ip` with local prefix +1555 and peer B (`mms.mnc002.mcc262.gprs`,
@@ -62,12 +64,22 @@ allow = ["127.0.0.2/32"]
 impl Relay {
     /// Starts `mmsrelay serve -c <dir>/mmsrelay.toml` and waits until SMTP answers.
     pub fn start(dir: &Path, toml: &str, smtp: SocketAddr) -> Relay {
+        Self::start_with(dir, toml, smtp, &[])
+    }
+
+    /// [`Relay::start`] with more arguments to `serve` (e.g. `--log-format json`).
+    pub fn start_with(dir: &Path, toml: &str, smtp: SocketAddr, args: &[&str]) -> Relay {
         let config = dir.join("mmsrelay.toml");
         std::fs::write(&config, toml).unwrap();
-        Self::spawn(dir, config, smtp)
+        let args = args.iter().map(ToString::to_string).collect();
+        Self::spawn_with(dir, config, smtp, args)
     }
 
     pub fn spawn(dir: &Path, config: PathBuf, smtp: SocketAddr) -> Relay {
+        Self::spawn_with(dir, config, smtp, Vec::new())
+    }
+
+    fn spawn_with(dir: &Path, config: PathBuf, smtp: SocketAddr, args: Vec<String>) -> Relay {
         // A restarted relay appends to the same log: only what this one writes counts.
         let from = std::fs::metadata(dir.join("relay.log")).map_or(0, |m| m.len() as usize);
         let log = std::fs::OpenOptions::new()
@@ -78,6 +90,7 @@ impl Relay {
         let child = Command::new(env!("CARGO_BIN_EXE_mmsrelay"))
             .args(["serve", "-c"])
             .arg(&config)
+            .args(&args)
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -89,6 +102,7 @@ impl Relay {
             smtp,
             dir: dir.to_path_buf(),
             config,
+            args,
         };
         r.wait_running(from);
         r
@@ -117,7 +131,7 @@ impl Relay {
 
     pub fn restart(&mut self) {
         let _ = self.child.wait();
-        let next = Relay::spawn(&self.dir, self.config.clone(), self.smtp);
+        let next = Relay::spawn_with(&self.dir, self.config.clone(), self.smtp, self.args.clone());
         *self = next;
     }
 

@@ -243,8 +243,10 @@ impl Events {
                     }
                 }
             }
+            let log = crate::maillog::Pending::of(&ops);
             match self.store.commit_all(ops).await {
                 Ok(_) => {
+                    log.emit();
                     if let (Some(c), true) = (&self.cdr, charged) {
                         c.committed();
                     }

@@ -66,11 +66,15 @@ impl Outbound {
             .collect();
         ops.extend(more);
         let results = self.store.commit(ops).await?;
-        Ok(results
+        let applied: Vec<bool> = results
             .into_iter()
             .take(outcomes.len())
             .map(|r| r != OpResult::Conflict)
-            .collect())
+            .collect();
+        for (o, _) in outcomes.iter().zip(&applied).filter(|(_, a)| **a) {
+            crate::maillog::Transition::of(id, o.member.idx, &o.member.st, o.due).emit();
+        }
+        Ok(applied)
     }
 
     /// One transaction for a group, and its results written back.
