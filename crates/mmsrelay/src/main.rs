@@ -123,18 +123,27 @@ fn read_input(file: &PathBuf) -> std::io::Result<Vec<u8>> {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Logging to stderr through a writer thread: a busy relay writes a mail log line per change
+/// of every message, and the sessions and the scheduler must not wait on those writes. Lines
+/// are never dropped (a full buffer holds the writer back instead); the guard flushes them at
+/// exit.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if format == LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();
     }
+    guard
 }
 
 /// The configuration, and the file it came from (`None`: the embedded defaults).
@@ -179,7 +188,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            init_logging(log_format);
+            let _flush_logs_at_exit = init_logging(log_format);
             let rt = match runtime("serve") {
                 Ok(rt) => rt,
                 Err(code) => return code,
