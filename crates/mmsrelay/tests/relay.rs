@@ -332,7 +332,13 @@ fn forward_res_delivery_report_and_read_reply_round_trips() {
         Some(r#"{"status":"Retrieved"}"#),
     );
     assert_eq!(code, 202, "{r}");
-    wait_message(&a.api, &id, state_is("delivered"));
+    let v = wait_message(&a.api, &id, state_is("delivered"));
+    // The text follows the code (it said "MM4_forward.RES Ok" after a report `Retrieved`).
+    assert_eq!(v["recipients"][0]["status_code"], "Retrieved");
+    assert_eq!(
+        v["recipients"][0]["status_text"],
+        "delivery report: Retrieved"
+    );
     let (code, _) = http(
         "POST",
         &b.api,
@@ -342,6 +348,7 @@ fn forward_res_delivery_report_and_read_reply_round_trips() {
     assert_eq!(code, 202);
     let v = wait_message(&a.api, &id, state_is("read"));
     assert_eq!(v["recipients"][0]["status_code"], "Read");
+    assert_eq!(v["recipients"][0]["status_text"], "read reply: Read");
 
     // Charging records on both sides (B's RES for the reports arrive back at B).
     let a_cdr = wait_cdr_types(

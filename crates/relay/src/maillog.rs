@@ -149,34 +149,8 @@ impl Transition {
             tid = st.tid.as_deref().unwrap_or("-"),
             status = st.status_code.as_deref().unwrap_or("-"),
             next = next.as_deref().unwrap_or("-"),
-            detail = %bounded(detail),
+            detail = %crate::records::summary(detail),
             "{event}"
         );
-    }
-}
-
-/// Evidence as it goes into one log line: its first line, at most 300 characters (a bounce's
-/// whole diagnostic stays on the timeline).
-fn bounded(detail: &str) -> &str {
-    let line = detail.lines().next().unwrap_or("");
-    match line.char_indices().nth(300) {
-        Some((i, _)) => &line[..i],
-        None => line,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn evidence_is_one_bounded_line() {
-        assert_eq!(
-            bounded("550 5.1.1 no such user\r\nmore text"),
-            "550 5.1.1 no such user"
-        );
-        let long = "é".repeat(400);
-        assert_eq!(bounded(&long).chars().count(), 300);
-        assert_eq!(bounded(""), "");
     }
 }

@@ -218,9 +218,12 @@ impl RecipientState {
 
     /// A final outcome: the state, its status code and evidence (the caller takes it out of the
     /// queue).
+    /// Ends in `state` with an MM4 status: the status text is the evidence's first line
+    /// ([`summary`]); the timeline keeps the whole of it (a bounce's diagnostic, a peer's
+    /// stderr).
     pub fn conclude(&mut self, state: RcptState, code: &str, evidence: &str, at: i64) {
         self.status_code = Some(code.to_string());
-        self.status_text = Some(evidence.to_string());
+        self.status_text = Some(summary(evidence).to_string());
         self.set(state, at, evidence);
     }
 
@@ -264,6 +267,15 @@ impl RecipientState {
     }
 }
 
+/// Evidence as a one-line summary: its first line, at most 300 characters.
+pub fn summary(evidence: &str) -> &str {
+    let line = evidence.lines().next().unwrap_or("");
+    match line.char_indices().nth(300) {
+        Some((i, _)) => &line[..i],
+        None => line,
+    }
+}
+
 /// Decodes a stored record; a record that does not decode is a damaged store, reported as such.
 pub fn from_bytes<T: serde::de::DeserializeOwned>(
     what: &str,
@@ -277,4 +289,41 @@ pub fn from_bytes<T: serde::de::DeserializeOwned>(
 
 pub fn to_bytes<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("records always serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_concluded_recipient_shows_one_line_and_keeps_the_evidence() {
+        let mut st = RecipientState {
+            address: "+491721111111/TYPE=PLMN@mms.mnc002.mcc262.gprs".into(),
+            state: RcptState::Forwarded,
+            peer: None,
+            status_code: None,
+            status_text: None,
+            attempts: 1,
+            resends: 0,
+            tid: None,
+            events: Vec::new(),
+        };
+        let diagnostic = format!("bounce: 550 5.1.1 unknown user\n{}", "stderr ".repeat(150));
+        st.conclude(RcptState::Failed, "Error-unspecified", &diagnostic, 7);
+        assert_eq!(
+            st.status_text.as_deref(),
+            Some("bounce: 550 5.1.1 unknown user")
+        );
+        assert_eq!(st.events.last().unwrap().detail, diagnostic);
+    }
+
+    #[test]
+    fn a_summary_is_one_line_of_at_most_300_characters() {
+        assert_eq!(
+            summary("550 5.1.1 no such user\r\nmore"),
+            "550 5.1.1 no such user"
+        );
+        assert_eq!(summary(&"é".repeat(400)).chars().count(), 300);
+        assert_eq!(summary(""), "");
+    }
 }

@@ -828,8 +828,12 @@ async fn max_rate_spaces_a_peers_transactions_and_no_one_elses() {
     }
     let times: Vec<Instant> = slow.got.lock().unwrap().iter().map(|g| g.at).collect();
     let (first, last) = (*times.iter().min().unwrap(), *times.iter().max().unwrap());
+    // 49 intervals of 200 ms between the first start and the last; arrivals are seen at the
+    // peer, and a first transaction that arrives late on a busy machine (its connection was
+    // new) shortens the span by that much — one interval of slack for it. Without pacing the
+    // 50 take well under a second.
     assert!(
-        last - first >= Duration::from_millis(9_800),
+        last - first >= Duration::from_millis(9_600),
         "50 transactions at 5 per second took {:?}",
         last - first
     );

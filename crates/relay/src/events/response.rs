@@ -245,7 +245,9 @@ impl Events {
                 matches!((who, n), (Some(w), Some(n)) if mm4::dialect::same_number(w, &n))
             },
             |st| {
+                // The text says what the code says: the report, not the RES before it.
                 st.status_code = Some(code.to_string());
+                st.status_text = Some(detail.clone());
                 match state {
                     Some(s) => {
                         st.set(s, now, detail.clone());

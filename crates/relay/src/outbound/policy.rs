@@ -8,7 +8,7 @@ use mm4::RequestStatus;
 use smtp::client::RcptResult;
 use smtp::client_driver::SessionError;
 
-use crate::records::{RcptState, RecipientState};
+use crate::records::{summary, RcptState, RecipientState};
 
 /// Exponential back-off bounds.
 #[derive(Debug, Clone, Copy)]
@@ -124,7 +124,7 @@ pub fn apply_with_ack(
                 (RcptState::Forwarded, None)
             };
             st.status_code = code;
-            st.status_text = Some(evidence.clone());
+            st.status_text = Some(summary(evidence).to_string());
             st.set(state, now, evidence.clone());
             match ack_timeout {
                 Some(t) if !*acknowledged => Some((now + t.as_millis() as i64).max(0) as u64),
@@ -133,7 +133,7 @@ pub fn apply_with_ack(
         }
         Attempt::Fail { status, evidence } => {
             st.status_code = Some(status.as_str().into());
-            st.status_text = Some(evidence.clone());
+            st.status_text = Some(summary(evidence).to_string());
             st.set(RcptState::Failed, now, evidence.clone());
             None
         }
@@ -145,13 +145,13 @@ pub fn apply_with_ack(
                     None
                 }
                 Some(exp) => {
-                    st.status_text = Some(evidence.clone());
+                    st.status_text = Some(summary(evidence).to_string());
                     st.set(RcptState::Deferred, now, evidence.clone());
                     // One last attempt at the expiry time rather than none after it.
                     Some(next.min(exp).max(0) as u64)
                 }
                 None => {
-                    st.status_text = Some(evidence.clone());
+                    st.status_text = Some(summary(evidence).to_string());
                     st.set(RcptState::Deferred, now, evidence.clone());
                     Some(next.max(0) as u64)
                 }
@@ -163,7 +163,7 @@ pub fn apply_with_ack(
 /// The recipient's lifetime is over (EXTENSIONS §3: `Error-network-problem` at expiry).
 pub fn expire(st: &mut RecipientState, now: i64, evidence: &str) {
     st.status_code = Some(RequestStatus::ErrorNetworkProblem.as_str().into());
-    st.status_text = Some(format!("expired: {evidence}"));
+    st.status_text = Some(format!("expired: {}", summary(evidence)));
     st.set(
         RcptState::Expired,
         now,
