@@ -141,7 +141,31 @@ pub struct Report {
     pub latencies: Vec<Duration>,
 }
 
+/// What one connection's task counted: accepted, refused, failed, and each latency.
+pub type Counts = (usize, usize, usize, Vec<Duration>);
+
 impl Report {
+    /// The sum of the connections' counts, timed from `start` to the last one's end.
+    pub async fn gather(tasks: Vec<tokio::task::JoinHandle<Counts>>, start: Instant) -> Report {
+        let mut r = Report {
+            accepted: 0,
+            refused: 0,
+            failed: 0,
+            seconds: 0.0,
+            latencies: Vec::new(),
+        };
+        for t in tasks {
+            if let Ok((a, b, c, l)) = t.await {
+                r.accepted += a;
+                r.refused += b;
+                r.failed += c;
+                r.latencies.extend(l);
+            }
+        }
+        r.seconds = start.elapsed().as_secs_f64();
+        r
+    }
+
     pub fn line(&self) -> String {
         let mut l = self.latencies.clone();
         l.sort();
@@ -247,23 +271,7 @@ pub async fn send(
             (ok, refused, failed, lat)
         }));
     }
-    let mut r = Report {
-        accepted: 0,
-        refused: 0,
-        failed: 0,
-        seconds: 0.0,
-        latencies: Vec::new(),
-    };
-    for t in tasks {
-        if let Ok((a, b, c, l)) = t.await {
-            r.accepted += a;
-            r.refused += b;
-            r.failed += c;
-            r.latencies.extend(l);
-        }
-    }
-    r.seconds = start.elapsed().as_secs_f64();
-    r
+    Report::gather(tasks, start).await
 }
 
 /// Accepts every recipient and message and stores nothing.

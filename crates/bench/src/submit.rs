@@ -97,21 +97,5 @@ pub async fn submit(
     let tasks: Vec<_> = (0..connections.max(1))
         .map(|_| tokio::spawn(connection(api, body.clone(), next.clone(), count)))
         .collect();
-    let mut r = Report {
-        accepted: 0,
-        refused: 0,
-        failed: 0,
-        seconds: 0.0,
-        latencies: Vec::new(),
-    };
-    for t in tasks {
-        if let Ok((a, b, c, l)) = t.await {
-            r.accepted += a;
-            r.refused += b;
-            r.failed += c;
-            r.latencies.extend(l);
-        }
-    }
-    r.seconds = start.elapsed().as_secs_f64();
-    r
+    Report::gather(tasks, start).await
 }

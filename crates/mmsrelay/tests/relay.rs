@@ -158,6 +158,24 @@ fn submit(a: &Op, to: &str, dr: bool, rr: bool) -> String {
     v["id"].as_str().unwrap().to_string()
 }
 
+/// The id of the one MM in `number`'s mailbox at `b`, once it is there.
+fn only_in_mailbox(b: &Op, number: &str) -> String {
+    let mbox = wait_api(&b.api, &format!("/v1/mailbox/{number}"), |v| {
+        v.as_array().is_some_and(|a| a.len() == 1)
+    });
+    mbox[0]["id"].as_str().unwrap().to_string()
+}
+
+/// `number`'s report on MM `mid` at `b` (a delivery report or a read reply, as JSON).
+fn report(b: &Op, number: &str, mid: &str, body: &str) -> (u16, Value) {
+    http(
+        "POST",
+        &b.api,
+        &format!("/v1/mailbox/{number}/{mid}/report"),
+        Some(body),
+    )
+}
+
 fn state_is(want: &'static str) -> impl Fn(&Value) -> bool {
     move |v| v["recipients"][0]["state"] == want
 }
@@ -246,16 +264,8 @@ fn the_mail_log_follows_an_mm_by_its_id_in_text_and_json() {
         let (a, b) = pair_with(false, args);
         let id = submit(&a, "+491721111111", true, false);
         wait_message(&a.api, &id, state_is("acknowledged"));
-        let mbox = wait_api(&b.api, "/v1/mailbox/+491721111111", |v| {
-            v.as_array().is_some_and(|a| a.len() == 1)
-        });
-        let mid = mbox[0]["id"].as_str().unwrap().to_string();
-        let (code, r) = http(
-            "POST",
-            &b.api,
-            &format!("/v1/mailbox/+491721111111/{mid}/report"),
-            Some(r#"{"status":"Retrieved"}"#),
-        );
+        let mid = only_in_mailbox(&b, "+491721111111");
+        let (code, r) = report(&b, "+491721111111", &mid, r#"{"status":"Retrieved"}"#);
         assert_eq!(code, 202, "{r}");
         wait_message(&a.api, &id, state_is("delivered"));
         // Written right after the commit the API has already shown.
@@ -320,17 +330,10 @@ fn forward_res_delivery_report_and_read_reply_round_trips() {
     a.relay.restart();
 
     // B's subscriber retrieves and reads it: reports travel back, answered by RES.
-    let mbox = wait_api(&b.api, "/v1/mailbox/+491721111111", |v| {
-        v.as_array().is_some_and(|a| a.len() == 1)
-    });
-    let mid = mbox[0]["id"].as_str().unwrap().to_string();
+    let mid = only_in_mailbox(&b, "+491721111111");
+    let mbox = wait_api(&b.api, "/v1/mailbox/+491721111111", |_| true);
     assert_eq!(mbox[0]["delivery_report"], true);
-    let (code, r) = http(
-        "POST",
-        &b.api,
-        &format!("/v1/mailbox/+491721111111/{mid}/report"),
-        Some(r#"{"status":"Retrieved"}"#),
-    );
+    let (code, r) = report(&b, "+491721111111", &mid, r#"{"status":"Retrieved"}"#);
     assert_eq!(code, 202, "{r}");
     let v = wait_message(&a.api, &id, state_is("delivered"));
     // The text follows the code (it said "MM4_forward.RES Ok" after a report `Retrieved`).
@@ -339,12 +342,7 @@ fn forward_res_delivery_report_and_read_reply_round_trips() {
         v["recipients"][0]["status_text"],
         "delivery report: Retrieved"
     );
-    let (code, _) = http(
-        "POST",
-        &b.api,
-        &format!("/v1/mailbox/+491721111111/{mid}/report"),
-        Some(r#"{"read_status":"Read"}"#),
-    );
+    let (code, _) = report(&b, "+491721111111", &mid, r#"{"read_status":"Read"}"#);
     assert_eq!(code, 202);
     let v = wait_message(&a.api, &id, state_is("read"));
     assert_eq!(v["recipients"][0]["status_code"], "Read");
@@ -374,16 +372,8 @@ fn forward_res_delivery_report_and_read_reply_round_trips() {
 fn reports_the_mm_did_not_ask_for_are_409() {
     let (a, b) = pair(true);
     let _ = submit(&a, "+491721111111", false, false);
-    let mbox = wait_api(&b.api, "/v1/mailbox/+491721111111", |v| {
-        v.as_array().is_some_and(|a| a.len() == 1)
-    });
-    let mid = mbox[0]["id"].as_str().unwrap();
-    let (code, v) = http(
-        "POST",
-        &b.api,
-        &format!("/v1/mailbox/+491721111111/{mid}/report"),
-        Some(r#"{"status":"Retrieved"}"#),
-    );
+    let mid = only_in_mailbox(&b, "+491721111111");
+    let (code, v) = report(&b, "+491721111111", &mid, r#"{"status":"Retrieved"}"#);
     assert_eq!(code, 409, "{v}");
     assert_eq!(v["error"]["code"], "report_not_requested");
     let (code, _) = http(
@@ -399,10 +389,7 @@ fn reports_the_mm_did_not_ask_for_are_409() {
 fn a_delivered_mm_shows_its_return_path_and_our_trace_line() {
     let (a, b) = pair(false);
     let _ = submit(&a, "+491721111111", false, false);
-    let mbox = wait_api(&b.api, "/v1/mailbox/+491721111111", |v| {
-        v.as_array().is_some_and(|a| a.len() == 1)
-    });
-    let mid = mbox[0]["id"].as_str().unwrap();
+    let mid = only_in_mailbox(&b, "+491721111111");
     let (code, raw) = http(
         "GET",
         &b.api,
@@ -434,10 +421,7 @@ fn long_lines_utf8_and_binary_reach_an_8bitmime_peer_and_end_acknowledged() {
     assert_eq!(code, 202, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
     wait_message(&a.api, &id, state_is("acknowledged"));
-    let mbox = wait_api(&b.api, "/v1/mailbox/+491721111111", |v| {
-        v.as_array().is_some_and(|a| a.len() == 1)
-    });
-    let mid = mbox[0]["id"].as_str().unwrap();
+    let mid = only_in_mailbox(&b, "+491721111111");
     let (_, raw) = http(
         "GET",
         &b.api,
