@@ -336,6 +336,14 @@ fn forward_res_delivery_report_and_read_reply_round_trips() {
     let (code, r) = report(&b, "+491721111111", &mid, r#"{"status":"Retrieved"}"#);
     assert_eq!(code, 202, "{r}");
     let v = wait_message(&a.api, &id, state_is("delivered"));
+    // The report B sent shows A's RES on its own timeline.
+    let dr = wait_message(&b.api, r["id"].as_str().unwrap(), state_is("acknowledged"));
+    assert_eq!(
+        timeline(&dr, 0, "event"),
+        ["queued", "forwarded", "acknowledged"],
+        "{dr:#}"
+    );
+    assert!(timeline(&dr, 0, "detail")[2].starts_with("MM4_delivery_report.RES Ok"));
     // The text follows the code (it said "MM4_forward.RES Ok" after a report `Retrieved`).
     assert_eq!(v["recipients"][0]["status_code"], "Retrieved");
     assert_eq!(

@@ -502,8 +502,8 @@ async fn post_report(
     );
     let tid = pdu.transaction_id.clone();
     let mt = pdu.message_type();
-    let mut ops = match originator.queue(&pdu, &rcpt, None, None).await {
-        Ok((_, ops)) => ops,
+    let (report_id, mut ops) = match originator.queue(&pdu, &rcpt, None, None).await {
+        Ok(x) => x,
         Err(crate::originate::OriginateError::NoPeer(_)) => {
             return Err(ApiError(
                 StatusCode::CONFLICT,
@@ -522,11 +522,15 @@ async fn post_report(
                 .map_err(internal)?,
         );
     }
+    let log = crate::maillog::Pending::of(&ops);
     api.store.commit(ops).await.map_err(internal)?;
+    log.emit();
     api.outbound.wake.notify_one();
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"type": mt.as_str(), "transaction_id": tid, "to": rcpt})),
+        Json(json!({
+            "id": report_id.to_string(), "type": mt.as_str(), "transaction_id": tid, "to": rcpt,
+        })),
     ))
 }
 

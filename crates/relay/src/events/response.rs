@@ -67,14 +67,7 @@ impl Events {
                     return Ok(());
                 };
                 let tid = pdu.transaction_id.clone();
-                let evidence = format!(
-                    "MM4_forward.RES {}{}",
-                    r.status,
-                    r.status_text
-                        .as_deref()
-                        .map(|t| format!(": {t}"))
-                        .unwrap_or_default()
-                );
+                let evidence = res_evidence(pdu, r);
                 let status = r.status;
                 // Recipients whose sending was never recorded (the sender died, or has not
                 // committed yet): this RES proves the REQ went, and charges it.
@@ -151,6 +144,30 @@ impl Events {
                     RecordType::MMR4RRs
                 };
                 self.cdr(fx, t, peer, pdu, Some(r.status.as_str().into()), size);
+                // The report we sent shows its RES on its timeline, as a forward does.
+                let tid = pdu.transaction_id.clone();
+                let Some(id) = self.correlate(Some(&tid), None).await? else {
+                    tracing::info!(%tid, "report RES matches nothing of ours: dropped");
+                    return Ok(());
+                };
+                let evidence = res_evidence(pdu, r);
+                let status = r.status;
+                let ops = self
+                    .update_recipients(
+                        id,
+                        |st| st.awaits(&tid),
+                        |st| {
+                            let state = if status == RequestStatus::Ok {
+                                RcptState::Acknowledged
+                            } else {
+                                RcptState::Failed
+                            };
+                            st.conclude(state, status.as_str(), &evidence, now);
+                            Next::Out
+                        },
+                    )
+                    .await?;
+                fx.ops.extend(ops);
             }
             Kind::CapabilityReq(_) => {
                 // Answer with what we can do (EXTENSIONS §2).
@@ -298,4 +315,17 @@ impl Events {
         )
         .await
     }
+}
+
+/// A RES as timeline evidence: its name, status and text (`MM4_forward.RES Ok: Accepted`).
+fn res_evidence(pdu: &Pdu<'_>, r: &mm4::Response) -> String {
+    format!(
+        "{} {}{}",
+        pdu.message_type(),
+        r.status,
+        r.status_text
+            .as_deref()
+            .map(|t| format!(": {t}"))
+            .unwrap_or_default()
+    )
 }
