@@ -333,6 +333,11 @@ fn forward_res_delivery_report_and_read_reply_round_trips() {
     let mid = only_in_mailbox(&b, "+491721111111");
     let mbox = wait_api(&b.api, "/v1/mailbox/+491721111111", |_| true);
     assert_eq!(mbox[0]["delivery_report"], true);
+    // B prepared an `Expired` report for the MM's expiry: shown apart, not as queue depth
+    // (once its RES mail to A has gone, nothing waits at B).
+    let q = wait_api(&b.api, "/v1/queue", |q| q["depth"] == 0);
+    assert_eq!(q["scheduled"], json!({"operator-a": 1}), "{q:#}");
+    assert_eq!(q["oldest"], json!([]), "{q:#}");
     let (code, r) = report(&b, "+491721111111", &mid, r#"{"status":"Retrieved"}"#);
     assert_eq!(code, 202, "{r}");
     let v = wait_message(&a.api, &id, state_is("delivered"));

@@ -13,18 +13,14 @@ use serde_json::{json, Value};
 use store::{MsgId, Spool};
 
 use crate::outbound::{Clock, Outbound};
-use crate::records::{from_bytes, Next, RcptKind, RecipientState, StoredMessage};
+use crate::records::{from_bytes, Next, Queue, RcptKind, RecipientState, StoredMessage};
 
 /// How many of the oldest queued items `GET /v1/queue` lists.
 const OLDEST: usize = 20;
 
-/// A queue as the API names it.
-fn queue_name(queue: &str) -> String {
-    if queue == crate::records::UNROUTED {
-        "(unrouted)".into()
-    } else {
-        queue.to_string()
-    }
+/// The peer a queue is shown under (`(unrouted)` for work not routed yet).
+fn queue_name(queue: Queue<'_>) -> String {
+    queue.peer().unwrap_or("(unrouted)").to_string()
 }
 use crate::routing::Router;
 use crate::submit::{submit, SubmitConfig, SubmitError, SubmitRequest};
@@ -236,7 +232,8 @@ async fn get_message(
         .ok_or_else(|| not_found("message"))
 }
 
-/// Queued work: how many recipients wait, per peer, and the oldest.
+/// Queued work: how many recipients wait, per peer, and the oldest; apart, the reports
+/// scheduled for MMs' expiry (prepared, not waiting).
 async fn get_queue(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
@@ -245,10 +242,16 @@ async fn get_queue(
     // The summaries the store keeps, and the head of each queue: bounded work, no scan.
     let queues = api.store.queues().await.map_err(internal)?;
     let mut per_peer: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut scheduled: std::collections::BTreeMap<String, u64> = Default::default();
     let mut oldest = Vec::new();
     let mut depth = 0;
     for q in &queues {
-        let peer = queue_name(&q.queue);
+        let queue = Queue::parse(&q.queue);
+        let peer = queue_name(queue);
+        if !queue.is_waiting() {
+            *scheduled.entry(peer).or_default() += q.depth;
+            continue;
+        }
         depth += q.depth;
         *per_peer.entry(peer.clone()).or_default() += q.depth;
         for d in api.store.oldest(&q.queue, OLDEST).await.map_err(internal)? {
@@ -269,7 +272,7 @@ async fn get_queue(
     oldest.truncate(OLDEST);
     let oldest: Vec<Value> = oldest.into_iter().map(|(_, v)| v).collect();
     Ok(Json(
-        json!({"depth": depth, "peers": per_peer, "oldest": oldest}),
+        json!({"depth": depth, "peers": per_peer, "oldest": oldest, "scheduled": scheduled}),
     ))
 }
 
@@ -547,6 +550,7 @@ async fn get_peers(
         .await
         .map_err(internal)?
         .into_iter()
+        .filter(|q| Queue::parse(&q.queue).is_waiting())
         .map(|q| (q.queue, q.depth))
         .collect();
     let ehlo = api
@@ -835,6 +839,7 @@ async fn metrics(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Resp
         .await
         .map_err(internal)?
         .iter()
+        .filter(|q| Queue::parse(&q.queue).is_waiting())
         .map(|q| q.depth)
         .sum::<u64>() as f64;
     let text = api.outbound.metrics.render(&[

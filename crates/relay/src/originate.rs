@@ -191,6 +191,8 @@ impl Originator {
         let mut st =
             RecipientState::new(rcpt.to_string(), RcptState::Queued, Some(peer.clone()), now);
         st.tid = Some(pdu.transaction_id.clone());
+        // Due later than now: prepared, not waiting (a report for an MM's expiry).
+        st.scheduled = at.is_some_and(|a| a > now);
         let when = at.unwrap_or(now);
         let meta = StoredMessage {
             received_at: now,

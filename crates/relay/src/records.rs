@@ -7,6 +7,56 @@ use store::{DueAt, Guard, MsgId, Op};
 /// The queue of recipients whose peer is not known yet (routing failed at submission).
 pub const UNROUTED: &str = "";
 
+/// How the name of a scheduled queue ends (after its peer's name).
+const SCHEDULED: &str = "#scheduled";
+
+/// A queue of the due index, as its name in the store says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue<'a> {
+    /// Work waiting for a peer.
+    Peer(&'a str),
+    /// Not routed yet: routed again when due, one recipient at a time.
+    Unrouted,
+    /// Reports for a peer prepared for an MM's expiry: due then, not waiting before — not
+    /// queue depth (`GET /v1/queue` shows them apart). Once tried they wait in the peer's.
+    Scheduled(&'a str),
+}
+
+impl<'a> Queue<'a> {
+    pub fn parse(name: &'a str) -> Self {
+        if name == UNROUTED {
+            Queue::Unrouted
+        } else if let Some(peer) = name.strip_suffix(SCHEDULED) {
+            Queue::Scheduled(peer)
+        } else {
+            Queue::Peer(name)
+        }
+    }
+
+    /// The peer it delivers to (`None`: not routed yet).
+    pub fn peer(&self) -> Option<&'a str> {
+        match *self {
+            Queue::Peer(p) | Queue::Scheduled(p) => Some(p),
+            Queue::Unrouted => None,
+        }
+    }
+
+    /// Whether its entries are work waiting now (counted as queue depth).
+    pub fn is_waiting(&self) -> bool {
+        !matches!(self, Queue::Scheduled(_))
+    }
+}
+
+impl std::fmt::Display for Queue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Queue::Peer(p) => f.write_str(p),
+            Queue::Unrouted => f.write_str(UNROUTED),
+            Queue::Scheduled(p) => write!(f, "{p}{SCHEDULED}"),
+        }
+    }
+}
+
 /// What a change does to a recipient's place in the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
@@ -193,6 +243,10 @@ pub struct RecipientState {
     /// The transaction id of the REQ that carries this recipient (one per recipient MMSE).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tid: Option<String>,
+    /// Prepared for later (a report for an MM's expiry): in its peer's scheduled queue until
+    /// it is first tried.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub scheduled: bool,
     #[serde(default)]
     pub events: Vec<TimelineEvent>,
 }
@@ -208,6 +262,7 @@ impl RecipientState {
             attempts: 0,
             resends: 0,
             tid: None,
+            scheduled: false,
             events: vec![TimelineEvent {
                 at,
                 event: state.as_str().into(),
@@ -227,9 +282,14 @@ impl RecipientState {
         self.set(state, at, evidence);
     }
 
-    /// The queue this recipient waits in: its peer's, or the unrouted one.
-    pub fn queue(&self) -> &str {
-        self.peer.as_deref().unwrap_or(UNROUTED)
+    /// The queue this recipient waits in: its peer's (or that peer's scheduled one), or the
+    /// unrouted one.
+    pub fn queue(&self) -> Queue<'_> {
+        match self.peer.as_deref() {
+            None => Queue::Unrouted,
+            Some(p) if self.scheduled && self.attempts == 0 => Queue::Scheduled(p),
+            Some(p) => Queue::Peer(p),
+        }
     }
 
     /// The store write of this state, due next at `due` (unix ms; `None`: out of the queue).
@@ -238,7 +298,7 @@ impl RecipientState {
             id,
             idx,
             state: to_bytes(self),
-            due: due.map(|at| DueAt::new(at, self.queue())),
+            due: due.map(|at| DueAt::new(at, self.queue().to_string())),
             guard,
         }
     }
@@ -306,6 +366,7 @@ mod tests {
             attempts: 1,
             resends: 0,
             tid: None,
+            scheduled: false,
             events: Vec::new(),
         };
         let diagnostic = format!("bounce: 550 5.1.1 unknown user\n{}", "stderr ".repeat(150));

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::delivery::{Group, Member};
 use super::Outbound;
-use crate::records::{from_bytes, RecipientState, UNROUTED};
+use crate::records::{from_bytes, Queue, RecipientState};
 
 /// How soon to look again at a queue whose due work is all held by claims.
 const HELD_POLL_MS: i64 = 250;
@@ -134,7 +134,10 @@ impl Outbound {
                 next = Some(next.map_or(at as i64, |n| n.min(at as i64)));
                 continue;
             }
-            if self.is_paused(&q.queue).await? {
+            // Named for its peer (or that peer's scheduled reports, or not routed yet).
+            let queue = Queue::parse(&q.queue);
+            let peer = queue.peer().unwrap_or(crate::records::UNROUTED);
+            if self.is_paused(peer).await? {
                 // Held by the operator: looked at again on the next pass.
                 continue;
             }
@@ -160,10 +163,10 @@ impl Outbound {
             }
             let dir = self.router.dir.get();
             let max = dir
-                .peer_by_name(&q.queue)
+                .peer_by_name(peer)
                 .and_then(|i| dir.peers[i].cfg.max_recipients)
                 .unwrap_or(usize::MAX);
-            for g in groups(&q.queue, claimed, max)? {
+            for g in groups(queue, claimed, max)? {
                 self.spawn(tasks, &q.queue, g);
             }
         }
@@ -213,12 +216,12 @@ impl Outbound {
 /// transit REQ, whose transaction id is its originator's, is split here; ours were given a
 /// transaction id per `max` at submission). Unrouted recipients go one by one: each is routed
 /// by its own address.
-fn groups(queue: &str, claimed: Vec<Claimed>, max: usize) -> Result<Vec<Group>, StoreError> {
+fn groups(queue: Queue<'_>, claimed: Vec<Claimed>, max: usize) -> Result<Vec<Group>, StoreError> {
     let mut by_key: HashMap<(u64, Option<String>, Option<u32>), Group> = HashMap::new();
     let mut order = Vec::new();
     for c in claimed {
         let st: RecipientState = from_bytes("recipient", &c.row.state)?;
-        let one_by_one = (queue == UNROUTED).then_some(c.row.idx);
+        let one_by_one = (queue == Queue::Unrouted).then_some(c.row.idx);
         let key = (c.id, st.tid.clone(), one_by_one);
         let guard = c.guard();
         let member = Member {
@@ -230,7 +233,7 @@ fn groups(queue: &str, claimed: Vec<Claimed>, max: usize) -> Result<Vec<Group>, 
             Some(g) => g.members.push(member),
             None => {
                 order.push(key.clone());
-                let peer = (queue != UNROUTED).then(|| queue.to_string());
+                let peer = queue.peer().map(str::to_string);
                 by_key.insert(
                     key,
                     Group {
