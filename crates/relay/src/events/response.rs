@@ -7,7 +7,7 @@ use super::{Effects, EventError, Events};
 use crate::cdr::{Cdr, RecordType};
 use crate::keys::CapabilityKey;
 use crate::originate::Answer;
-use crate::records::{Next, RcptState, StoredMessage};
+use crate::records::{Next, RcptState, RecipientState, StoredMessage};
 
 impl Events {
     /// Charges the REQ `tid` of message `id` for `recipients` whose sending was never
@@ -83,13 +83,7 @@ impl Events {
                                     .unwrap_or_else(|e| e.into_inner())
                                     .push((st.address.clone(), st.peer.clone()));
                             }
-                            let state = if status == RequestStatus::Ok {
-                                RcptState::Acknowledged
-                            } else {
-                                RcptState::Failed
-                            };
-                            st.conclude(state, status.as_str(), &evidence, now);
-                            Next::Out
+                            settle(st, status, &evidence, now)
                         },
                     )
                     .await?;
@@ -156,15 +150,7 @@ impl Events {
                     .update_recipients(
                         id,
                         |st| st.awaits(&tid),
-                        |st| {
-                            let state = if status == RequestStatus::Ok {
-                                RcptState::Acknowledged
-                            } else {
-                                RcptState::Failed
-                            };
-                            st.conclude(state, status.as_str(), &evidence, now);
-                            Next::Out
-                        },
+                        |st| settle(st, status, &evidence, now),
                     )
                     .await?;
                 fx.ops.extend(ops);
@@ -328,4 +314,15 @@ fn res_evidence(pdu: &Pdu<'_>, r: &mm4::Response) -> String {
             .map(|t| format!(": {t}"))
             .unwrap_or_default()
     )
+}
+
+/// A recipient its REQ's RES settles: acknowledged, or failed with the RES's status.
+fn settle(st: &mut RecipientState, status: RequestStatus, evidence: &str, now: i64) -> Next {
+    let state = if status == RequestStatus::Ok {
+        RcptState::Acknowledged
+    } else {
+        RcptState::Failed
+    };
+    st.conclude(state, status.as_str(), evidence, now);
+    Next::Out
 }
