@@ -841,22 +841,16 @@ async fn metrics(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Resp
         .iter()
         .filter(|q| Queue::parse(&q.queue).is_waiting())
         .map(|q| q.depth)
-        .sum::<u64>() as f64;
-    let text = api.outbound.metrics.render(&[
-        (
-            "mmsrelay_store_commits",
-            vec![(String::new(), stats.commits.load(Ordering::Relaxed) as f64)],
-        ),
-        (
-            "mmsrelay_store_fsyncs",
-            vec![(String::new(), stats.syncs.load(Ordering::Relaxed) as f64)],
-        ),
-        ("mmsrelay_queue_depth", vec![(String::new(), depth)]),
-    ]);
+        .sum::<u64>();
+    let text = api.outbound.metrics.render(crate::metrics::Scrape {
+        store_commits: stats.commits.load(Ordering::Relaxed),
+        store_fsyncs: stats.syncs.load(Ordering::Relaxed),
+        queue_depth: depth,
+    });
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         text,
     )

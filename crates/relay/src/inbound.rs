@@ -501,10 +501,7 @@ impl smtp::driver::MessageHandler for Inbound {
         let mut plan = match self.plan(id, &msg) {
             Ok(p) => p,
             Err(reply) => {
-                self.metrics.inc(
-                    "mmsrelay_messages_refused_total",
-                    &[("code", &reply.code.to_string())],
-                );
+                self.metrics.refused(reply.code);
                 return reply;
             }
         };
@@ -525,8 +522,7 @@ impl smtp::driver::MessageHandler for Inbound {
                 for w in &self.wake {
                     w.notify_one();
                 }
-                self.metrics
-                    .inc("mmsrelay_messages_in_total", &[("type", plan.label)]);
+                self.metrics.message_in(plan.label);
                 plan.reply
             }
             Err(e) => {

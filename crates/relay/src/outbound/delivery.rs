@@ -197,10 +197,7 @@ impl Outbound {
                 Attempt::Retry { .. } => "retry",
                 Attempt::Fail { status, .. } => status.as_str(),
             };
-            self.metrics.inc(
-                "mmsrelay_messages_out_total",
-                &[("peer", peer), ("result", result)],
-            );
+            self.metrics.message_out(peer, result);
             if !applied {
                 tracing::info!(
                     id = gid,
