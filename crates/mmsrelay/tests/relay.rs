@@ -341,8 +341,10 @@ fn forward_res_delivery_report_and_read_reply_round_trips() {
     let (code, r) = report(&b, "+491721111111", &mid, r#"{"status":"Retrieved"}"#);
     assert_eq!(code, 202, "{r}");
     let v = wait_message(&a.api, &id, state_is("delivered"));
-    // The report B sent shows A's RES on its own timeline.
+    // The report B sent shows A's RES on its own timeline (found by its transaction id too).
     let dr = wait_message(&b.api, r["id"].as_str().unwrap(), state_is("acknowledged"));
+    let by_tid = wait_message(&b.api, r["transaction_id"].as_str().unwrap(), |_| true);
+    assert_eq!(by_tid["id"], r["id"], "{by_tid:#}");
     assert_eq!(
         timeline(&dr, 0, "event"),
         ["queued", "forwarded", "acknowledged"],

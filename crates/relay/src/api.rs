@@ -111,16 +111,23 @@ impl Api {
     }
 
     /// Our id, or the MM4 message id.
+    /// A message by our id, its MM4 message id, or the transaction id of a REQ we sent.
     async fn find(&self, key: &str) -> Result<Option<MsgId>, ApiError> {
+        use crate::keys::IndexKey;
         if let Ok(id) = key.parse::<MsgId>() {
             return Ok(Some(id));
         }
-        let v = self
-            .store
-            .index(&crate::keys::IndexKey::MmId(key).to_string())
-            .await
-            .map_err(internal)?;
-        Ok(v.and_then(|b| String::from_utf8(b).ok()?.parse().ok()))
+        for index in [IndexKey::MmId(key), IndexKey::Transaction(key)] {
+            let v = self
+                .store
+                .index(&index.to_string())
+                .await
+                .map_err(internal)?;
+            if let Some(id) = v.and_then(|b| String::from_utf8(b).ok()?.parse().ok()) {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
     }
 
     async fn message_json(&self, id: MsgId) -> Result<Option<Value>, ApiError> {
