@@ -93,15 +93,6 @@ pub struct Transition {
 }
 
 impl Transition {
-    pub fn of(id: MsgId, idx: u32, st: &RecipientState, next: Option<u64>) -> Self {
-        Transition {
-            id,
-            idx,
-            st: st.clone(),
-            next,
-        }
-    }
-
     /// The transition a recipient write makes (`None` for other operations, and for a state
     /// that does not decode — the store reports that itself).
     pub fn of_op(op: &Op) -> Option<Self> {
@@ -125,32 +116,35 @@ impl Transition {
     }
 
     pub fn emit(&self) {
-        let st = &self.st;
-        let (event, detail) = st
-            .events
-            .last()
-            .map(|e| (e.event.as_str(), e.detail.as_str()))
-            .unwrap_or((st.state.as_str(), ""));
-        let next = self
-            .next
-            .filter(|_| st.state.is_pending())
-            .map(|ms| crate::clock::from_ms(ms as i64))
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            });
-        tracing::info!(
-            target: TARGET,
-            id = self.id,
-            rcpt = %st.address,
-            idx = self.idx,
-            event = %event,
-            peer = st.peer.as_deref().unwrap_or("-"),
-            tid = st.tid.as_deref().unwrap_or("-"),
-            status = st.status_code.as_deref().unwrap_or("-"),
-            next = next.as_deref().unwrap_or("-"),
-            detail = %crate::records::summary(detail),
-            "{event}"
-        );
+        transition(self.id, self.idx, &self.st, self.next);
     }
+}
+
+/// Recipient `idx` of message `id` is now in `st`, due next at `next` (unix ms) if it waits.
+pub fn transition(id: MsgId, idx: u32, st: &RecipientState, next: Option<u64>) {
+    let (event, detail) = st
+        .events
+        .last()
+        .map(|e| (e.event.as_str(), e.detail.as_str()))
+        .unwrap_or((st.state.as_str(), ""));
+    let next = next
+        .filter(|_| st.state.is_pending())
+        .map(|ms| crate::clock::from_ms(ms as i64))
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        });
+    tracing::info!(
+        target: TARGET,
+        id,
+        rcpt = %st.address,
+        idx,
+        event = %event,
+        peer = st.peer.as_deref().unwrap_or("-"),
+        tid = st.tid.as_deref().unwrap_or("-"),
+        status = st.status_code.as_deref().unwrap_or("-"),
+        next = next.as_deref().unwrap_or("-"),
+        detail = %crate::records::summary(detail),
+        "{event}"
+    );
 }

@@ -72,7 +72,7 @@ impl Outbound {
             .map(|r| r != OpResult::Conflict)
             .collect();
         for (o, _) in outcomes.iter().zip(&applied).filter(|(_, a)| **a) {
-            crate::maillog::Transition::of(id, o.member.idx, &o.member.st, o.due).emit();
+            crate::maillog::transition(id, o.member.idx, &o.member.st, o.due);
         }
         Ok(applied)
     }
