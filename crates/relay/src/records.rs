@@ -175,7 +175,7 @@ pub enum Event {
 }
 
 /// Where one recipient of an MM stands (the contract's recipient states).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RcptState {
     Queued,

@@ -14,8 +14,8 @@ use crate::records::{
 };
 use crate::routing::{Route, Router};
 
-/// One body part of a submission.
-#[derive(Debug, Clone, Deserialize)]
+/// One body part of a submission: `text` (UTF-8) or `data` (base64).
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PartIn {
     pub content_type: String,
@@ -26,7 +26,12 @@ pub struct PartIn {
 }
 
 /// `POST /v1/messages` (JSON form).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "from": "+15550001", "to": ["+491720000001"], "subject": "Hello",
+    "delivery_report": true,
+    "parts": [{"content_type": "text/plain; charset=utf-8", "text": "Hello from +1555"}],
+}))]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
     pub from: String,
