@@ -77,6 +77,7 @@ fn the_document_describes_every_route_with_its_errors() {
         "GET /v1/cluster",
         "GET /v1/mailbox/{address}",
         "GET /v1/mailbox/{address}/{id}/raw",
+        "GET /v1/messages",
         "GET /v1/messages/{id}",
         "GET /v1/openapi.json",
         "GET /v1/peers",

@@ -896,3 +896,89 @@ Content-Type: application/json\r\nContent-Length: {big}\r\n\r\n"
     assert_eq!(v["error"]["code"], "too_large", "{resp}");
     let _ = writer.join();
 }
+
+/// `GET /v1/messages?q=`: a subscriber's MMs, sent or received, newest first and a page at a
+/// time; an MM by its message id or transaction id; never our control traffic (RES mails,
+/// reports), which shows on its MM's timeline instead.
+#[test]
+fn messages_are_found_by_msisdn_a_page_at_a_time_without_control_traffic() {
+    let (a, b) = pair(false);
+    let to = "+491721111111";
+    let ids: Vec<String> = (0..3).map(|_| submit(&a, to, true, false)).collect();
+    let other = submit(&a, "+491722222222", false, false);
+    for id in ids.iter().chain([&other]) {
+        wait_message(&a.api, id, state_is("acknowledged"));
+    }
+    // B's subscriber retrieves the first: a delivery report comes back to A, answered by RES.
+    let mid = wait_api(&b.api, &format!("/v1/mailbox/{to}"), |m| {
+        m.as_array().is_some_and(|m| m.len() == 3)
+    })[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, r) = report(&b, to, &mid, r#"{"status":"Retrieved"}"#);
+    assert_eq!(code, 202, "{r}");
+    wait_message(&a.api, &ids[0], state_is("delivered"));
+    wait_message(&b.api, r["id"].as_str().unwrap(), state_is("acknowledged"));
+
+    let search = |op: &Op, query: &str| -> Value {
+        let (code, v) = http("GET", &op.api, &format!("/v1/messages?{query}"), None);
+        assert_eq!(code, 200, "{query}: {v}");
+        v
+    };
+    let listed = |v: &Value| -> Vec<String> {
+        let list = v["messages"].as_array().unwrap();
+        list.iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Newest first, two to a page; the last page says there is no next.
+    let q = format!("q={}&limit=2", to.replace('+', "%2B"));
+    let page1 = search(&a, &q);
+    assert_eq!(listed(&page1), [ids[2].as_str(), &ids[1]], "{page1:#}");
+    let next = page1["next"].as_u64().expect("a next page");
+    let page2 = search(&a, &format!("{q}&before={next}"));
+    assert_eq!(listed(&page2), [ids[0].as_str()], "{page2:#}");
+    assert_eq!(page2["next"], Value::Null);
+    let first = &page2["messages"][0];
+    assert_eq!(first["recipients"][0]["state"], "delivered", "{first:#}");
+    assert_eq!(first["recipients"][0]["address"], format!("{to}/TYPE=PLMN"));
+    // The sender finds all four, and nothing else: no RES, no report.
+    let sent = search(&a, "q=%2B15550000001/TYPE=PLMN");
+    assert_eq!(
+        listed(&sent),
+        [other.as_str(), &ids[2], &ids[1], &ids[0]],
+        "{sent:#}"
+    );
+    // By the MM4 message id, by our transaction id.
+    let mm_id = first["message_id"].as_str().unwrap();
+    let by_mm_id = search(&a, &format!("q={}", mm_id.replace('@', "%40")));
+    assert_eq!(listed(&by_mm_id), [ids[0].as_str()], "{by_mm_id:#}");
+    let tid = first["transaction_id"].as_str().unwrap();
+    assert_eq!(listed(&search(&a, &format!("q={tid}"))), [ids[0].as_str()]);
+    // B lists what its subscriber received, filed locally, and not the report it sent.
+    let received = search(&b, &format!("q={}", to.replace('+', "%2B")));
+    let list = received["messages"].as_array().unwrap();
+    assert_eq!(list.len(), 3, "{received:#}");
+    assert!(list
+        .iter()
+        .all(|m| m["recipients"][0]["state"] == "delivered_local"
+            && m["from"].as_str().unwrap().starts_with("+15550000001")));
+    assert!(listed(&received)
+        .iter()
+        .all(|id| id != r["id"].as_str().unwrap()));
+    // A number no one used finds nothing; a bad page size is the JSON error.
+    assert_eq!(search(&a, "q=%2B4930000000")["messages"], json!([]));
+    let (code, v) = http("GET", &a.api, "/v1/messages?q=%2B1&limit=0", None);
+    assert_eq!(
+        (code, &v["error"]["code"]),
+        (400, &json!("invalid_request")),
+        "{v}"
+    );
+    let (code, v) = http("GET", &a.api, "/v1/messages", None);
+    assert_eq!(
+        (code, &v["error"]["code"]),
+        (400, &json!("bad_request")),
+        "{v}"
+    );
+}

@@ -274,7 +274,7 @@ impl Inbound {
         } else {
             queued()
         };
-        let Kind::ForwardReq(_) = &pdu.kind else {
+        let Kind::ForwardReq(f) = &pdu.kind else {
             // RES, reports, capability PDUs: stored for the relay to act on.
             let event = Event::Pdu {
                 message_type: mt.as_str().to_string(),
@@ -285,6 +285,8 @@ impl Inbound {
         };
 
         // A forward: file it for local recipients, queue it onwards for transit ones.
+        rec.from = pdu.from.as_ref().map(ToString::to_string);
+        rec.subject = f.subject.clone();
         let origin = pdu
             .response_address()
             .map(|a| a.to_string().to_ascii_lowercase())
@@ -335,12 +337,8 @@ impl Inbound {
             local,
             transit,
         };
-        let mut all = vec![Op::PutMessage {
-            id,
-            meta: to_bytes(&rec),
-            // Filled with the received bytes, moved in by `commit` (no copy).
-            body: Vec::new(),
-        }];
+        // The body is filled with the received bytes, moved in by `commit` (no copy).
+        let mut all = vec![rec.put(id, Vec::new())];
         all.extend(ops);
         all.push(Op::PutEvent {
             id,
@@ -402,12 +400,8 @@ impl Inbound {
         };
         Plan {
             ops: vec![
-                Op::PutMessage {
-                    id,
-                    meta: to_bytes(&rec),
-                    // Filled with the received bytes, moved in by `commit` (no copy).
-                    body: Vec::new(),
-                },
+                // The body is filled with the received bytes, moved in by `commit` (no copy).
+                rec.put(id, Vec::new()),
                 Op::PutEvent {
                     id,
                     event: to_bytes(&event),

@@ -9,9 +9,7 @@ use store::{Guard, MsgId, Op, Spool};
 use crate::clock::Clock;
 use crate::directory::Directory;
 use crate::keys::IndexKey;
-use crate::records::{
-    to_bytes, MessageKind, RcptKind, RcptState, RecipientState, StoredMessage, StoredRcpt,
-};
+use crate::records::{MessageKind, RcptKind, RcptState, RecipientState, StoredMessage, StoredRcpt};
 
 /// Why a PDU could not be queued.
 #[derive(Debug, thiserror::Error)]
@@ -222,11 +220,7 @@ impl Originator {
             subject: None,
         };
         let mut ops = vec![
-            Op::PutMessage {
-                id,
-                meta: to_bytes(&meta),
-                body: bytes,
-            },
+            meta.put(id, bytes),
             st.op(id, 0, Some(when.max(0) as u64), Guard::None),
         ];
         if !pdu.message_type().is_response() {

@@ -144,6 +144,38 @@ pub struct StoredMessage {
     pub subject: Option<String>,
 }
 
+impl StoredMessage {
+    /// The op that stores this message and its body, findable by its parties.
+    pub fn put(&self, id: MsgId, body: Vec<u8>) -> Op {
+        Op::PutMessage {
+            id,
+            meta: to_bytes(self),
+            body,
+            parties: self.parties(),
+        }
+    }
+
+    /// The numbers an MM is found by (search by MSISDN): its sender's and its recipients', as
+    /// `+E164`. Our control traffic — RES, reports, DSNs — has none: it shows on its MM's
+    /// timeline, not in a subscriber's list.
+    pub fn parties(&self) -> Vec<String> {
+        let forward = mm4::MessageType::ForwardReq.as_str();
+        if !matches!(&self.kind, MessageKind::Mm4 { message_type } if message_type == forward) {
+            return Vec::new();
+        }
+        let addresses = self
+            .from
+            .iter()
+            .chain(self.rcpts.iter().map(|r| &r.address));
+        let mut out: Vec<String> = addresses
+            .filter_map(|a| Some(a.parse::<mm4::Address>().ok()?.e164()?.to_string()))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
 /// Work for the relay, filed in the same commit as the message it is about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -9,9 +9,7 @@ use mm4::{Address, Body, Expiry, ForwardReq, Kind, MessageClass, Pdu, Priority, 
 use serde::Deserialize;
 use store::{MsgId, Op, Spool};
 
-use crate::records::{
-    to_bytes, MessageKind, RcptKind, RcptState, RecipientState, StoredMessage, StoredRcpt,
-};
+use crate::records::{MessageKind, RcptKind, RcptState, RecipientState, StoredMessage, StoredRcpt};
 use crate::routing::{Route, Router};
 
 /// One body part of a submission: `text` (UTF-8) or `data` (base64).
@@ -504,11 +502,7 @@ fn ops(
             value: id.to_string().into_bytes(),
         });
     }
-    let mut all = vec![Op::PutMessage {
-        id,
-        meta: to_bytes(&meta),
-        body: b.bytes,
-    }];
+    let mut all = vec![meta.put(id, b.bytes)];
     all.extend(ops);
     all.extend(lookups);
     all

@@ -81,6 +81,14 @@ impl Spool for Flaky {
     async fn mailbox(&self, address: &str) -> Result<Vec<MsgId>, StoreError> {
         self.inner().mailbox(address).await
     }
+    async fn by_party(
+        &self,
+        party: &str,
+        before: MsgId,
+        limit: usize,
+    ) -> Result<Vec<MsgId>, StoreError> {
+        self.inner().by_party(party, before, limit).await
+    }
     async fn dedupe(&self, key: &str) -> Result<Option<MsgId>, StoreError> {
         self.inner().dedupe(key).await
     }
@@ -296,11 +304,7 @@ Content-Type: text/plain\r\n\r\nhello\r\n";
     };
     s.store
         .commit(vec![
-            Op::PutMessage {
-                id,
-                meta: to_bytes(&meta),
-                body: body.as_bytes().to_vec(),
-            },
+            meta.put(id, body.as_bytes().to_vec()),
             Op::Deliver {
                 dedupe_key:
                     "M-1@mms.mnc002.mcc262.gprs|system-user@mms.mnc002.mcc262.gprs|+15550000001"
@@ -532,11 +536,7 @@ async fn sent_but_not_recorded(s: &Setup) -> (MsgId, u64) {
     st.tid = Some("T-9".into());
     s.store
         .commit(vec![
-            Op::PutMessage {
-                id,
-                meta: to_bytes(&meta),
-                body: b"x".to_vec(),
-            },
+            meta.put(id, b"x".to_vec()),
             st.op(id, 0, Some(s.clock.now_ms() as u64), Guard::None),
             Op::PutIndex {
                 key: relay::keys::IndexKey::Transaction("T-9").to_string(),
@@ -576,11 +576,7 @@ Message-ID: <res-9@mms.mnc002.mcc262.gprs>\r\nContent-Type: text/plain\r\n\r\n";
     };
     s.store
         .commit(vec![
-            Op::PutMessage {
-                id,
-                meta: to_bytes(&meta),
-                body: body.as_bytes().to_vec(),
-            },
+            meta.put(id, body.as_bytes().to_vec()),
             Op::PutEvent {
                 id,
                 event: to_bytes(&event),

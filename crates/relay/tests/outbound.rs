@@ -461,7 +461,7 @@ async fn split_per_recipient_mmse() {
 
 #[tokio::test]
 async fn eight_bit_transit_mail_is_downgraded_for_a_seven_bit_peer() {
-    use relay::records::{to_bytes, MessageKind, StoredMessage};
+    use relay::records::{MessageKind, StoredMessage};
     let p = peer("127.0.0.1", Behaviour::SevenBitOnly).await;
     let e = engine(&[("b", B, "+49172", p.addr, "")]).await;
     // A forward received from a transit peer, with a raw 8-bit text part.
@@ -503,11 +503,7 @@ Content-Transfer-Encoding: 8bit\r\n\r\nGrüße aus Paris\r\n--b--\r\n";
     st.tid = Some("TR-1".into());
     e.store
         .commit(vec![
-            store::Op::PutMessage {
-                id,
-                meta: to_bytes(&meta),
-                body: body.as_bytes().to_vec(),
-            },
+            meta.put(id, body.as_bytes().to_vec()),
             st.op(id, 0, Some(now as u64), store::Guard::None),
         ])
         .await

@@ -84,11 +84,13 @@ impl DueAt {
 /// One change. A commit is a list of these, applied atomically and durably.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    /// A new message: its metadata and its body, each written once.
+    /// A new message: its metadata and its body, each written once, and the parties it is
+    /// found by (the numbers of its sender and recipients: [`Spool::by_party`]).
     PutMessage {
         id: MsgId,
         meta: Vec<u8>,
         body: Vec<u8>,
+        parties: Vec<String>,
     },
     /// Replaces a message's metadata (never its body).
     UpdateMessage {
@@ -339,6 +341,14 @@ pub trait Spool: Send + Sync {
     async fn body(&self, id: MsgId) -> Result<Option<Vec<u8>>, StoreError>;
     async fn recipients(&self, id: MsgId) -> Result<Vec<RecipientRow>, StoreError>;
     async fn mailbox(&self, address: &str) -> Result<Vec<MsgId>, StoreError>;
+    /// The messages `party` is a party of, newest first, with ids below `before`, at most
+    /// `limit`: one page of an index range read (the next page starts before the last id).
+    async fn by_party(
+        &self,
+        party: &str,
+        before: MsgId,
+        limit: usize,
+    ) -> Result<Vec<MsgId>, StoreError>;
     async fn dedupe(&self, key: &str) -> Result<Option<MsgId>, StoreError>;
     async fn capability(&self, peer: &str) -> Result<Option<Vec<u8>>, StoreError>;
     async fn index(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;

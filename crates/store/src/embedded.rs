@@ -23,6 +23,8 @@ const RECIPIENTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("rec
 /// (queue, due at, message, recipient).
 const DUE: TableDefinition<(&str, u64, u64, u32), ()> = TableDefinition::new("due.v2");
 const MAILBOX: TableDefinition<(&str, u64), ()> = TableDefinition::new("mailbox");
+/// (party, message): the messages a number is a party of, in id order.
+const PARTIES: TableDefinition<(&str, u64), ()> = TableDefinition::new("parties");
 const DEDUPE: TableDefinition<&str, u64> = TableDefinition::new("dedupe");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const CAPABILITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("capabilities");
@@ -134,6 +136,7 @@ impl Embedded {
             txn.open_table(RECIPIENTS).map_err(db_err)?;
             txn.open_table(DUE).map_err(db_err)?;
             txn.open_table(MAILBOX).map_err(db_err)?;
+            txn.open_table(PARTIES).map_err(db_err)?;
             txn.open_table(DEDUPE).map_err(db_err)?;
             txn.open_table(EVENTS).map_err(db_err)?;
             txn.open_table(CAPABILITIES).map_err(db_err)?;
@@ -208,6 +211,7 @@ struct Tables<'t> {
     recipients: redb::Table<'t, RcptKey, &'static [u8]>,
     due: redb::Table<'t, (&'static str, u64, u64, u32), ()>,
     mailbox: redb::Table<'t, (&'static str, u64), ()>,
+    parties: redb::Table<'t, (&'static str, u64), ()>,
     dedupe: redb::Table<'t, &'static str, u64>,
     events: redb::Table<'t, u64, &'static [u8]>,
     caps: redb::Table<'t, &'static str, &'static [u8]>,
@@ -326,9 +330,19 @@ impl Apply {
         after: &mut AfterCommit,
     ) -> Result<OpResult, StoreError> {
         Ok(match op {
-            Op::PutMessage { id, meta, body } => {
+            Op::PutMessage {
+                id,
+                meta,
+                body,
+                parties,
+            } => {
                 t.messages.insert(*id, meta.as_slice()).map_err(db_err)?;
                 t.bodies.insert(*id, body.as_slice()).map_err(db_err)?;
+                for party in parties {
+                    t.parties
+                        .insert((party.as_str(), *id), ())
+                        .map_err(db_err)?;
+                }
                 OpResult::Done
             }
             Op::UpdateMessage { id, meta } => {
@@ -437,6 +451,7 @@ impl Apply {
                 recipients: txn.open_table(RECIPIENTS).map_err(db_err)?,
                 due: txn.open_table(DUE).map_err(db_err)?,
                 mailbox: txn.open_table(MAILBOX).map_err(db_err)?,
+                parties: txn.open_table(PARTIES).map_err(db_err)?,
                 dedupe: txn.open_table(DEDUPE).map_err(db_err)?,
                 events: txn.open_table(EVENTS).map_err(db_err)?,
                 caps: txn.open_table(CAPABILITIES).map_err(db_err)?,
@@ -556,6 +571,27 @@ impl Spool for Embedded {
             for e in t
                 .range((address, 0)..=(address, u64::MAX))
                 .map_err(db_err)?
+            {
+                out.push(e.map_err(db_err)?.0.value().1);
+            }
+            Ok(out)
+        })
+    }
+
+    async fn by_party(
+        &self,
+        party: &str,
+        before: MsgId,
+        limit: usize,
+    ) -> Result<Vec<MsgId>, StoreError> {
+        self.read(|r| {
+            let t = r.open_table(PARTIES).map_err(db_err)?;
+            let mut out = Vec::with_capacity(limit.min(1024));
+            for e in t
+                .range((party, 0)..(party, before))
+                .map_err(db_err)?
+                .rev()
+                .take(limit)
             {
                 out.push(e.map_err(db_err)?.0.value().1);
             }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use conformance::Backend;
-use store::{Op, OpResult};
+use store::{MsgId, Op, OpResult};
 use store::{Postgres, Spool};
 
 struct Pg {
@@ -72,9 +72,12 @@ async fn an_older_schema_is_migrated_forward() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    // A version-1 database: before the charging-record outbox and the pacing table.
+    // A version-1 database: before the charging-record outbox, the pacing table and the parties.
     client
-        .batch_execute("DROP TABLE cdrs; DROP TABLE pace; UPDATE mmsrelay_schema SET version = 1")
+        .batch_execute(
+            "DROP TABLE cdrs; DROP TABLE pace; DROP TABLE parties; \
+             UPDATE mmsrelay_schema SET version = 1",
+        )
         .await
         .unwrap();
     let s = Postgres::open(&url, 2, "n0", None).await.unwrap();
@@ -88,6 +91,16 @@ async fn an_older_schema_is_migrated_forward() {
         .await
         .unwrap();
     assert_eq!(r, vec![OpResult::Done]);
+    let m = s.next_id().await.unwrap();
+    s.commit(vec![Op::PutMessage {
+        id: m,
+        meta: b"m".to_vec(),
+        body: b"b".to_vec(),
+        parties: vec!["+15550001".into()],
+    }])
+    .await
+    .unwrap();
+    assert_eq!(s.by_party("+15550001", MsgId::MAX, 5).await.unwrap(), [m]);
     let v: i32 = client
         .query_one("SELECT version FROM mmsrelay_schema", &[])
         .await

@@ -2,13 +2,15 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use store::MsgId;
 
 use super::error::{internal, invalid_request, not_found, ApiError, ErrorBody};
-use super::model::{Accepted, Message, Recipient, Submitted, TimelineEntry};
+use super::model::{
+    Accepted, Message, MessageList, MessageSummary, Recipient, Search, Submitted, TimelineEntry,
+};
 use super::{rfc3339, Api};
 use crate::records::{RcptKind, RcptState, RecipientState, StoredMessage};
 use crate::submit::{submit, SubmitError, SubmitRequest};
@@ -68,6 +70,62 @@ pub async fn post_message(
         }),
     ))
 }
+
+/// MMs by a subscriber number (sent or received, newest first, a page at a time, read from the
+/// store's party index: no scan), or the one MM an id names.
+#[utoipa::path(get, path = "/v1/messages", tag = "messages",
+    params(Search),
+    responses(
+        (status = 200, description = "one page of MMs, newest first", body = MessageList),
+        (status = 400, description = "a parameter is missing or invalid", body = ErrorBody),
+        (status = 401, description = "no valid bearer token", body = ErrorBody),
+        (status = 503, description = "the store is unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn search(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Query(search): Query<Search>,
+) -> Result<Json<MessageList>, ApiError> {
+    api.check_auth(&headers)?;
+    let limit = search.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(invalid_request(format!("limit: 1 to {MAX_PAGE}")));
+    }
+    let q = search.q.trim();
+    let number = q
+        .parse::<mm4::Address>()
+        .ok()
+        .and_then(|a| a.e164().map(ToString::to_string))
+        .filter(|_| q.starts_with('+'));
+    let (ids, full) = match number {
+        Some(n) => {
+            let before = search.before.unwrap_or(MsgId::MAX);
+            let ids = api
+                .store
+                .by_party(&n, before, limit)
+                .await
+                .map_err(internal)?;
+            let full = ids.len() == limit;
+            (ids, full)
+        }
+        None => (api.find(q).await?.into_iter().collect(), false),
+    };
+    let mut messages = Vec::with_capacity(ids.len());
+    for id in &ids {
+        if let Some(m) = message(&api, *id).await? {
+            messages.push(MessageSummary::from(m));
+        }
+    }
+    Ok(Json(MessageList {
+        messages,
+        next: if full { ids.last().copied() } else { None },
+    }))
+}
+
+/// MMs per page of a search, unless the request says otherwise; and at most.
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 100;
 
 /// An MM by our id, its MM4 message id, or the transaction id of a REQ we sent.
 #[utoipa::path(get, path = "/v1/messages/{id}", tag = "messages",

@@ -96,7 +96,7 @@ impl Api {
 /// description its handler carries, so the document lists exactly the routes there are.
 pub fn routes(api: Arc<Api>) -> Http {
     let (router, mut doc) = OpenApiRouter::<Arc<Api>>::with_openapi(openapi::Doc::openapi())
-        .routes(routes!(messages::post_message))
+        .routes(routes!(messages::post_message, messages::search))
         .routes(routes!(messages::get_message))
         .routes(routes!(queue::get_queue))
         .routes(routes!(queue::retry_queue))

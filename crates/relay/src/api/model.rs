@@ -60,6 +60,75 @@ pub struct Recipient {
     pub events: Vec<TimelineEntry>,
 }
 
+/// `GET /v1/messages`: what to look for, and which page.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Search {
+    /// A subscriber number (`+E164`, with or without `/TYPE=PLMN` and a domain): the MMs it sent
+    /// or received, newest first; or our id, an MM4 message id, or a transaction id of ours:
+    /// that MM.
+    pub q: String,
+    /// The `next` of the previous page.
+    pub before: Option<u64>,
+    /// MMs per page, 1–100 [50].
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<usize>,
+}
+
+/// One page of MMs found, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageList {
+    pub messages: Vec<MessageSummary>,
+    /// Where the next page starts (`before`), when there may be one.
+    pub next: Option<u64>,
+}
+
+/// An MM in a list: who, when, and where each recipient stands.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageSummary {
+    pub id: String,
+    pub message_id: Option<String>,
+    pub transaction_id: Option<String>,
+    pub from: String,
+    pub subject: Option<String>,
+    pub size: u64,
+    /// RFC 3339.
+    pub received_at: String,
+    pub recipients: Vec<RecipientSummary>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecipientSummary {
+    pub address: String,
+    pub peer: Option<String>,
+    pub state: RcptState,
+    pub status_code: Option<String>,
+}
+
+impl From<Message> for MessageSummary {
+    fn from(m: Message) -> Self {
+        MessageSummary {
+            id: m.id,
+            message_id: m.message_id,
+            transaction_id: m.transaction_id,
+            from: m.from,
+            subject: m.subject,
+            size: m.size,
+            received_at: m.received_at,
+            recipients: m
+                .recipients
+                .into_iter()
+                .map(|r| RecipientSummary {
+                    address: r.address,
+                    peer: r.peer,
+                    state: r.state,
+                    status_code: r.status_code,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// One transition of a recipient, with its evidence (SMTP reply, RES, report, DSN).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TimelineEntry {

@@ -152,7 +152,12 @@ fn moved(deltas: &mut Deltas, old: Option<(i64, String)>, new: Option<(i64, &str
 /// One op inside the batch's transaction (or a job's savepoint).
 async fn op_apply(tx: &Transaction<'_>, op: &Op, deltas: &mut Deltas) -> Result<OpResult, Error> {
     Ok(match op {
-        Op::PutMessage { id, meta, body } => {
+        Op::PutMessage {
+            id,
+            meta,
+            body,
+            parties,
+        } => {
             let id = *id as i64;
             exec(
                 tx,
@@ -167,6 +172,15 @@ async fn op_apply(tx: &Transaction<'_>, op: &Op, deltas: &mut Deltas) -> Result<
                 &[&id, body],
             )
             .await?;
+            if !parties.is_empty() {
+                exec(
+                    tx,
+                    "INSERT INTO parties (party, id) SELECT unnest($1::text[]), $2 \
+                     ON CONFLICT DO NOTHING",
+                    &[parties, &id],
+                )
+                .await?;
+            }
             OpResult::Done
         }
         Op::UpdateMessage { id, meta } => {

@@ -259,6 +259,24 @@ impl Spool for Postgres {
         Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
     }
 
+    async fn by_party(
+        &self,
+        party: &str,
+        before: MsgId,
+        limit: usize,
+    ) -> Result<Vec<MsgId>, StoreError> {
+        let c = self.client().await?;
+        let before = before.min(i64::MAX as u64) as i64;
+        let rows = q(
+            &c,
+            "SELECT id FROM parties WHERE party = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+            &[&party, &before, &(limit as i64)],
+        )
+        .await
+        .map_err(db)?;
+        Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
+    }
+
     async fn dedupe(&self, key: &str) -> Result<Option<MsgId>, StoreError> {
         let c = self.client().await?;
         Ok(q_opt(&c, "SELECT id FROM dedupe WHERE key = $1", &[&key])

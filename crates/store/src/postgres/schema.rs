@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 use crate::contract::StoreError;
 
 /// The schema this build knows.
-pub const VERSION: i32 = 3;
+pub const VERSION: i32 = 4;
 
 /// An arbitrary constant: the advisory lock that serializes migrations between nodes.
 const MIGRATION_LOCK: i64 = 0x6d6d_7372_656c_6179;
@@ -63,8 +63,12 @@ CREATE INDEX cdrs_exporter ON cdrs (exporter) WHERE exporter IS NOT NULL;
 /// Version 3: spacing of work per key (a peer's `max_rate`, shared by every node).
 const V3: &str = "CREATE TABLE pace (key text PRIMARY KEY, next bigint NOT NULL);";
 
+/// Version 4: the messages a number is a party of (search by MSISDN), read newest first.
+const V4: &str =
+    "CREATE TABLE parties (party text NOT NULL, id bigint NOT NULL, PRIMARY KEY (party, id));";
+
 /// Each version's statements, in order: a database at version `n` runs the ones after `n`.
-const STEPS: [&str; VERSION as usize] = [V1, V2, V3];
+const STEPS: [&str; VERSION as usize] = [V1, V2, V3, V4];
 
 fn err(e: tokio_postgres::Error) -> StoreError {
     StoreError::Db(format!("schema: {e}"))

@@ -42,10 +42,16 @@ fn set(id: MsgId, idx: u32, state: &str, due: Option<(u64, &str)>, guard: Guard)
 }
 
 fn put(id: MsgId) -> Op {
+    put_with(id, &[])
+}
+
+/// A message with `parties`.
+fn put_with(id: MsgId, parties: &[&str]) -> Op {
     Op::PutMessage {
         id,
         meta: format!("meta{id}").into_bytes(),
         body: format!("body{id}").into_bytes(),
+        parties: parties.iter().map(ToString::to_string).collect(),
     }
 }
 
@@ -99,13 +105,14 @@ pub async fn run_all(b: &impl Backend) {
     ids_are_never_handed_out_twice_across_a_reopening(b).await;
     a_released_claim_is_not_kept_by_the_heartbeat(b).await;
     pacing_is_shared_by_every_owner(b).await;
+    messages_are_found_by_party_newest_first_a_page_at_a_time(b).await;
 }
 
 /// One test per check of the battery for a backend: `battery!(|| backend);`.
 #[macro_export]
 macro_rules! battery {
     ($backend:expr) => {
-        $crate::battery!(@each $backend; commit_is_atomic_and_survives_reopening, the_store_moves_the_due_entry_and_counts_queues, compare_and_set_by_version, claims_follow_due_order_per_queue_and_exclude_each_other, a_finished_claim_is_not_handed_out_again, an_expired_claim_is_taken_over_and_the_late_owner_is_refused, a_write_by_someone_else_ends_the_claim, renewing_keeps_a_claim, events_are_claimed_and_deleted_by_their_owner_only, all_or_nothing_applies_nothing_on_a_conflict, dedupe_files_once, named_jobs_have_one_owner, concurrent_claimers_never_share_work, concurrent_commits_share_syncs, nodes_report_heartbeats_and_claims, a_restarted_node_does_not_keep_its_old_claims, connection_slots_are_counted_across_owners, charging_records_have_one_exporter_and_are_finished_once, a_charging_record_can_depend_on_the_write_it_charges, ids_are_never_handed_out_twice_across_a_reopening, a_released_claim_is_not_kept_by_the_heartbeat, pacing_is_shared_by_every_owner);
+        $crate::battery!(@each $backend; commit_is_atomic_and_survives_reopening, the_store_moves_the_due_entry_and_counts_queues, compare_and_set_by_version, claims_follow_due_order_per_queue_and_exclude_each_other, a_finished_claim_is_not_handed_out_again, an_expired_claim_is_taken_over_and_the_late_owner_is_refused, a_write_by_someone_else_ends_the_claim, renewing_keeps_a_claim, events_are_claimed_and_deleted_by_their_owner_only, all_or_nothing_applies_nothing_on_a_conflict, dedupe_files_once, named_jobs_have_one_owner, concurrent_claimers_never_share_work, concurrent_commits_share_syncs, nodes_report_heartbeats_and_claims, a_restarted_node_does_not_keep_its_old_claims, connection_slots_are_counted_across_owners, charging_records_have_one_exporter_and_are_finished_once, a_charging_record_can_depend_on_the_write_it_charges, ids_are_never_handed_out_twice_across_a_reopening, a_released_claim_is_not_kept_by_the_heartbeat, pacing_is_shared_by_every_owner, messages_are_found_by_party_newest_first_a_page_at_a_time);
     };
     (@each $backend:expr; $($name:ident),*) => {
         $(
@@ -604,6 +611,7 @@ pub async fn concurrent_commits_share_syncs(b: &impl Backend) {
                 id,
                 meta: vec![1],
                 body: vec![0; 10_000],
+                parties: Vec::new(),
             }])
             .await
             .unwrap();
@@ -882,5 +890,47 @@ pub async fn pacing_is_shared_by_every_owner(b: &impl Backend) {
         s.pace("peer:b", 5_000, 200).await.unwrap(),
         5_000,
         "no credit saved up"
+    );
+}
+
+/// A number finds the messages it is a party of — newest first, a page at a time, the next page
+/// below the last id seen — and no one else's; the index survives reopening.
+pub async fn messages_are_found_by_party_newest_first_a_page_at_a_time(b: &impl Backend) {
+    let s = b.fresh().await;
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let id = s.next_id().await.unwrap();
+        // +1 is a party of all; +2 of the even ones; +3 of none (a prefix of +31 is not +3).
+        let parties: &[&str] = if i % 2 == 0 {
+            &["+1", "+2"]
+        } else {
+            &["+1", "+31"]
+        };
+        s.commit(vec![put_with(id, parties)]).await.unwrap();
+        ids.push(id);
+    }
+    let newest_first: Vec<MsgId> = ids.iter().rev().copied().collect();
+    let page1 = s.by_party("+1", MsgId::MAX, 3).await.unwrap();
+    assert_eq!(page1, newest_first[..3]);
+    let page2 = s.by_party("+1", *page1.last().unwrap(), 3).await.unwrap();
+    assert_eq!(page2, newest_first[3..6]);
+    let page3 = s.by_party("+1", *page2.last().unwrap(), 3).await.unwrap();
+    assert_eq!(page3, newest_first[6..]);
+    assert!(s
+        .by_party("+1", *page3.last().unwrap(), 3)
+        .await
+        .unwrap()
+        .is_empty());
+    let evens: Vec<MsgId> = newest_first
+        .iter()
+        .copied()
+        .filter(|id| ids.iter().position(|x| x == id).unwrap() % 2 == 0)
+        .collect();
+    assert_eq!(s.by_party("+2", MsgId::MAX, 10).await.unwrap(), evens);
+    assert!(s.by_party("+3", MsgId::MAX, 10).await.unwrap().is_empty());
+    let s = b.reopen(s).await;
+    assert_eq!(
+        s.by_party("+1", MsgId::MAX, 10).await.unwrap(),
+        newest_first
     );
 }
