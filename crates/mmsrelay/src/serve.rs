@@ -320,7 +320,12 @@ async fn run_from(
     }
     tracing::info!(addr = %api_listener.local_addr()?, "API listening");
     let mut api_stop = stop_rx.clone();
-    let api_routes = relay::api::routes(api.clone());
+    let console = Arc::new(relay::console::Console::new(
+        api.clone(),
+        cfg.store.path.join("cdr"),
+        cfg.clone(),
+    ));
+    let api_routes = relay::api::routes(api.clone()).merge(relay::console::routes(console));
     let api_task = tokio::spawn(async move {
         axum::serve(api_listener, api_routes)
             .with_graceful_shutdown(async move {

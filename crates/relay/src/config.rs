@@ -628,7 +628,22 @@ fn is_host_port(h: &str) -> bool {
     }
 }
 
+/// What stands for a secret in what the relay shows of its configuration.
+pub const REDACTED: &str = "(redacted)";
+
 impl Config {
+    /// This configuration as it may be shown (the console): the API token and a database
+    /// URL's password replaced by [`REDACTED`]. Other secrets are never in it: they are read
+    /// from files, which it only names.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        if c.api.token.is_some() {
+            c.api.token = Some(REDACTED.into());
+        }
+        c.store.url = c.store.url.as_deref().map(redact_url_password);
+        c
+    }
+
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| {
@@ -1140,5 +1155,44 @@ max_rate = -1.0
             panic!()
         };
         assert!(p[0].message.contains("duration"), "{p:?}");
+    }
+}
+
+/// `scheme://user:password@host/…` with the password replaced by [`REDACTED`].
+fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:{REDACTED}@{host}{tail}")
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[test]
+    fn the_token_and_a_database_password_are_never_shown() {
+        let mut c: Config = toml::from_str("[api]\ntoken = \"s3cret\"\n").unwrap();
+        c.store.url = Some("postgres://relay:pw@db.example:5432/mmsrelay?sslmode=require".into());
+        let shown = format!("{:?}", c.redacted());
+        assert!(
+            !shown.contains("s3cret") && !shown.contains(":pw@"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("postgres://relay:(redacted)@db.example:5432/mmsrelay"),
+            "{shown}"
+        );
+        assert_eq!(redact_url_password("postgres://db/x"), "postgres://db/x");
     }
 }

@@ -85,6 +85,8 @@ struct Plan {
     reply: Reply,
     /// What it was, for the metrics.
     label: &'static str,
+    /// The configured peer it came from, for the traffic counts.
+    peer: Option<String>,
 }
 
 /// The domain a PDU claims to come from: its originator system, else its sender, else the
@@ -349,6 +351,7 @@ impl Inbound {
             ops: all,
             reply,
             label: "MM4_forward.REQ",
+            peer: rec.peer,
         })
     }
 
@@ -398,7 +401,9 @@ impl Inbound {
                 .unwrap_or("MM4"),
             Event::ForwardReceived { .. } => "MM4_forward.REQ",
         };
+        let peer = rec.peer.clone();
         Plan {
+            peer,
             ops: vec![
                 // The body is filled with the received bytes, moved in by `commit` (no copy).
                 rec.put(id, Vec::new()),
@@ -516,7 +521,9 @@ impl smtp::driver::MessageHandler for Inbound {
                 for w in &self.wake {
                     w.notify_one();
                 }
-                self.metrics.message_in(plan.label);
+                let now = self.clock.now_ms();
+                self.metrics
+                    .message_in(plan.label, plan.peer.as_deref(), now);
                 plan.reply
             }
             Err(e) => {

@@ -23,6 +23,8 @@ pub struct Metrics {
     store_commits: Gauge,
     store_fsyncs: Gauge,
     queue_depth: Gauge,
+    /// The last hour per minute and peer, for the console.
+    pub traffic: crate::traffic::Traffic,
 }
 
 /// What a scrape reads from elsewhere.
@@ -86,6 +88,7 @@ impl Default for Metrics {
             store_commits,
             store_fsyncs,
             queue_depth,
+            traffic: Default::default(),
         }
     }
 }
@@ -98,18 +101,29 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 }
 
 impl Metrics {
-    /// A message stored, of `kind` (its PDU type, DSN, bounce…).
-    pub fn message_in(&self, kind: &str) {
+    /// A message stored at `at_ms`, of `kind` (its PDU type, DSN, bounce…), from `peer` when
+    /// a configured peer sent it.
+    pub fn message_in(&self, kind: &str, peer: Option<&str>, at_ms: i64) {
         self.messages_in
             .get_or_create(&labels(&[("type", kind)]))
             .inc();
+        if let Some(peer) = peer {
+            self.traffic.received(peer, at_ms);
+        }
     }
 
-    /// A transaction's result for one recipient towards `peer`.
-    pub fn message_out(&self, peer: &str, result: &str) {
+    /// A transaction's result for one recipient towards `peer` at `at_ms`.
+    pub fn message_out(&self, peer: &str, outcome: crate::traffic::Outcome<'_>, at_ms: i64) {
+        use crate::traffic::Outcome;
+        let result = match outcome {
+            Outcome::Sent => "Ok",
+            Outcome::Deferred => "retry",
+            Outcome::Failed { status } => status,
+        };
         self.messages_out
             .get_or_create(&labels(&[("peer", peer), ("result", result)]))
             .inc();
+        self.traffic.delivered(peer, outcome, at_ms);
     }
 
     /// A message refused at intake with SMTP reply `code`.
@@ -144,9 +158,9 @@ mod tests {
     #[test]
     fn the_exposition_names_what_operators_scrape() {
         let m = Metrics::default();
-        m.message_in("MM4_forward.REQ");
-        m.message_in("MM4_forward.REQ");
-        m.message_out("operator-b", "retry");
+        m.message_in("MM4_forward.REQ", Some("operator-b"), 0);
+        m.message_in("MM4_forward.REQ", None, 0);
+        m.message_out("operator-b", crate::traffic::Outcome::Deferred, 0);
         m.refused(550);
         m.observe_latency(0.2);
         let t = m.render(Scrape {

@@ -42,6 +42,14 @@ impl Reloader {
         }
     }
 
+    /// The configuration in force: the one started with, or the last one applied.
+    pub fn running(&self) -> Config {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Runs `hook` after every applied reload.
     pub fn after_each(mut self, hook: impl Fn() + Send + Sync + 'static) -> Reloader {
         self.after = Some(Box::new(hook));

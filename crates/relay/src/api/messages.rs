@@ -88,6 +88,11 @@ pub async fn search(
     Query(search): Query<Search>,
 ) -> Result<Json<MessageList>, ApiError> {
     api.check_auth(&headers)?;
+    find(&api, &search).await.map(Json)
+}
+
+/// One page of what a search finds.
+pub(crate) async fn find(api: &Api, search: &Search) -> Result<MessageList, ApiError> {
     let limit = search.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(invalid_request(format!("limit: 1 to {MAX_PAGE}")));
@@ -113,14 +118,14 @@ pub async fn search(
     };
     let mut messages = Vec::with_capacity(ids.len());
     for id in &ids {
-        if let Some(m) = message(&api, *id).await? {
+        if let Some(m) = message(api, *id).await? {
             messages.push(MessageSummary::from(m));
         }
     }
-    Ok(Json(MessageList {
+    Ok(MessageList {
         messages,
         next: if full { ids.last().copied() } else { None },
-    }))
+    })
 }
 
 /// MMs per page of a search, unless the request says otherwise; and at most.
@@ -151,7 +156,7 @@ pub async fn get_message(
 }
 
 /// The MM `id` as the API shows it, if it is stored.
-async fn message(api: &Api, id: MsgId) -> Result<Option<Message>, ApiError> {
+pub(crate) async fn message(api: &Api, id: MsgId) -> Result<Option<Message>, ApiError> {
     let Some(meta) = api.store.message(id).await.map_err(internal)? else {
         return Ok(None);
     };

@@ -2,14 +2,14 @@
 //! `{"error": {"code": "snake_case", "message": "…"}}`, bearer-token auth when configured, and
 //! its OpenAPI document at `/v1/openapi.json`, generated from the handlers and their types.
 
-mod admin;
-mod error;
-mod mailbox;
-mod messages;
+pub(crate) mod admin;
+pub(crate) mod error;
+pub(crate) mod mailbox;
+pub(crate) mod messages;
 pub mod model;
 pub mod openapi;
-mod peers;
-mod queue;
+pub(crate) mod peers;
+pub(crate) mod queue;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -47,13 +47,13 @@ pub struct Api {
 
 /// Whether a presented bearer token is the configured one, in constant time: how long the
 /// comparison takes says nothing about how much of a guess was right.
-fn token_matches(given: Option<&str>, token: &str) -> bool {
+pub(crate) fn token_matches(given: Option<&str>, token: &str) -> bool {
     use subtle::ConstantTimeEq;
     given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(token.as_bytes())))
 }
 
 impl Api {
-    fn check_auth(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    pub(crate) fn check_auth(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(token) = &self.token else {
             return Ok(());
         };
@@ -73,7 +73,7 @@ impl Api {
     }
 
     /// A message by our id, its MM4 message id, or the transaction id of a REQ we sent.
-    async fn find(&self, key: &str) -> Result<Option<MsgId>, ApiError> {
+    pub(crate) async fn find(&self, key: &str) -> Result<Option<MsgId>, ApiError> {
         use crate::keys::IndexKey;
         if let Ok(id) = key.parse::<MsgId>() {
             return Ok(Some(id));

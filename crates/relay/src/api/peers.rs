@@ -33,6 +33,11 @@ pub async fn get_peers(
     headers: HeaderMap,
 ) -> Result<Json<Vec<Peer>>, ApiError> {
     api.check_auth(&headers)?;
+    list(&api).await.map(Json)
+}
+
+/// Every configured peer as `GET /v1/peers` shows it.
+pub(crate) async fn list(api: &Api) -> Result<Vec<Peer>, ApiError> {
     let depth: HashMap<String, u64> = api
         .store
         .queues()
@@ -58,7 +63,7 @@ pub async fn get_peers(
     let mut out = Vec::with_capacity(dir.peers.len());
     for p in &dir.peers {
         let name = &p.cfg.name;
-        let mut view = peer(&api, p, ehlo.get(name)).await?;
+        let mut view = peer(api, p, ehlo.get(name)).await?;
         view.queue_depth = depth.get(name).copied().unwrap_or(0);
         view.last_error = errors.get(name).map(|(at, e)| LastError {
             at: rfc3339(*at),
@@ -66,7 +71,7 @@ pub async fn get_peers(
         });
         out.push(view);
     }
-    Ok(Json(out))
+    Ok(out)
 }
 
 /// One peer's view, but for its queue and last error.
@@ -183,7 +188,7 @@ fn dialect(d: &crate::dialect::Dialect) -> Dialect {
 
 /// Holds (`pause`) or releases (`resume`) deliveries to one peer, cluster-wide: the scheduler of
 /// every node skips a paused peer's queue; what is on the wire finishes.
-async fn set_paused(api: &Api, name: &str, paused: bool) -> Result<Json<Paused>, ApiError> {
+pub(crate) async fn set_paused(api: &Api, name: &str, paused: bool) -> Result<Paused, ApiError> {
     if api.router.dir.get().peer_by_name(name).is_none() {
         return Err(not_found(&format!("peer {name:?}")));
     }
@@ -207,10 +212,10 @@ async fn set_paused(api: &Api, name: &str, paused: bool) -> Result<Json<Paused>,
         "deliveries {}",
         if paused { "paused" } else { "resumed" }
     );
-    Ok(Json(Paused {
+    Ok(Paused {
         name: name.to_string(),
         paused,
-    }))
+    })
 }
 
 /// Holds deliveries to a peer, cluster-wide.
@@ -229,7 +234,7 @@ pub async fn pause_peer(
     Path(name): Path<String>,
 ) -> Result<Json<Paused>, ApiError> {
     api.check_auth(&headers)?;
-    set_paused(&api, &name, true).await
+    set_paused(&api, &name, true).await.map(Json)
 }
 
 /// Releases deliveries to a peer, cluster-wide.
@@ -248,5 +253,5 @@ pub async fn resume_peer(
     Path(name): Path<String>,
 ) -> Result<Json<Paused>, ApiError> {
     api.check_auth(&headers)?;
-    set_paused(&api, &name, false).await
+    set_paused(&api, &name, false).await.map(Json)
 }

@@ -38,6 +38,11 @@ pub async fn get_queue(
     headers: HeaderMap,
 ) -> Result<Json<QueueView>, ApiError> {
     api.check_auth(&headers)?;
+    view(&api).await.map(Json)
+}
+
+/// The queue as `GET /v1/queue` shows it.
+pub(crate) async fn view(api: &Api) -> Result<QueueView, ApiError> {
     // The summaries the store keeps, and the head of each queue: bounded work, no scan.
     let queues = api.store.queues().await.map_err(internal)?;
     let mut view = QueueView {
@@ -77,7 +82,7 @@ pub async fn get_queue(
     oldest.sort_by_key(|(at, _)| *at);
     oldest.truncate(OLDEST);
     view.oldest = oldest.into_iter().map(|(_, v)| v).collect();
-    Ok(Json(view))
+    Ok(view)
 }
 
 /// Makes every queued recipient of an MM due now.
@@ -97,7 +102,12 @@ pub async fn retry_queue(
     Path(key): Path<String>,
 ) -> Result<Json<Retried>, ApiError> {
     api.check_auth(&headers)?;
-    let (id, n) = change_pending(&api, &key, |st, now| {
+    retry(&api, &key).await.map(Json)
+}
+
+/// Makes every queued recipient of the MM `key` names due now.
+pub(crate) async fn retry(api: &Api, key: &str) -> Result<Retried, ApiError> {
+    let (id, n) = change_pending(api, key, |st, now| {
         st.events.push(crate::records::TimelineEvent {
             at: now,
             event: "retry".into(),
@@ -107,10 +117,10 @@ pub async fn retry_queue(
     })
     .await?;
     api.outbound.wake.notify_one();
-    Ok(Json(Retried {
+    Ok(Retried {
         id: id.to_string(),
         retried: n,
-    }))
+    })
 }
 
 /// Gives up every queued recipient of an MM (`failed`).
@@ -130,7 +140,12 @@ pub async fn delete_queue(
     Path(key): Path<String>,
 ) -> Result<Json<Deleted>, ApiError> {
     api.check_auth(&headers)?;
-    let (id, n) = change_pending(&api, &key, |st, now| {
+    give_up(&api, &key).await.map(Json)
+}
+
+/// Gives up every queued recipient of the MM `key` names.
+pub(crate) async fn give_up(api: &Api, key: &str) -> Result<Deleted, ApiError> {
+    let (id, n) = change_pending(api, key, |st, now| {
         let why = "deleted from the queue by the operator";
         st.status_code = Some(mm4::RequestStatus::ErrorUnspecified.as_str().into());
         st.status_text = Some(why.into());
@@ -138,10 +153,10 @@ pub async fn delete_queue(
         Next::Out
     })
     .await?;
-    Ok(Json(Deleted {
+    Ok(Deleted {
         id: id.to_string(),
         failed: n,
-    }))
+    })
 }
 
 /// Applies `change` to every queued recipient of a message, each only over the version it was

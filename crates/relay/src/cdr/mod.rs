@@ -3,6 +3,7 @@
 //! written exactly once.
 
 mod export;
+pub mod summary;
 
 use std::sync::Arc;
 

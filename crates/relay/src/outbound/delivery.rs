@@ -3,6 +3,7 @@
 //! landed meanwhile wins, and a claim that expired and was taken over cannot be undone by its
 //! late first owner. Charging records are written after the commit, for what it applied.
 
+use crate::traffic::Outcome as Traffic;
 use store::{Guard, MsgId, Op, OpResult, StoreError};
 
 use crate::cdr::Cdr;
@@ -192,12 +193,14 @@ impl Outbound {
             if let Attempt::Retry { evidence } = attempt {
                 self.note_error(peer, now, evidence);
             }
-            let result = match attempt {
-                Attempt::Accepted { .. } => "Ok",
-                Attempt::Retry { .. } => "retry",
-                Attempt::Fail { status, .. } => status.as_str(),
+            let outcome = match attempt {
+                Attempt::Accepted { .. } => Traffic::Sent,
+                Attempt::Retry { .. } => Traffic::Deferred,
+                Attempt::Fail { status, .. } => Traffic::Failed {
+                    status: status.as_str(),
+                },
             };
-            self.metrics.message_out(peer, result);
+            self.metrics.message_out(peer, outcome, now);
             if !applied {
                 tracing::info!(
                     id = gid,

@@ -1,0 +1,221 @@
+//! What the day files hold, counted by record type and peer for the console — incrementally: a
+//! day's counts remember how many bytes of its file they cover, and a later look reads only
+//! what was appended since (the files only grow). Also the day's records as CSV.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Record type → peer (`-` for none) → records.
+pub type Counts = BTreeMap<String, BTreeMap<String, u64>>;
+
+/// The counts of every day looked at since the start.
+pub struct Summaries {
+    dir: PathBuf,
+    days: Mutex<HashMap<String, Day>>,
+}
+
+#[derive(Default, Clone)]
+struct Day {
+    /// Bytes of the file the counts cover: whole lines only.
+    covered: u64,
+    counts: Counts,
+}
+
+/// One record as the console counts and lists it.
+#[derive(serde::Deserialize)]
+struct Record {
+    record_type: String,
+    peer: Option<String>,
+}
+
+impl Summaries {
+    /// The summaries of the day files in `dir` (`<data>/cdr`).
+    pub fn new(dir: impl Into<PathBuf>) -> Summaries {
+        Summaries {
+            dir: dir.into(),
+            days: Mutex::default(),
+        }
+    }
+
+    /// The days that have a file, newest first (`YYYY-MM-DD`).
+    pub fn days(&self) -> Vec<String> {
+        let mut days: Vec<String> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                let day = name.strip_suffix(".jsonl")?;
+                valid_day(day).then(|| day.to_string())
+            })
+            .collect();
+        days.sort_unstable_by(|a, b| b.cmp(a));
+        days
+    }
+
+    /// The file of `day`, if `day` is a day (never a path of the caller's choosing).
+    pub fn file(&self, day: &str) -> Option<PathBuf> {
+        valid_day(day).then(|| self.dir.join(format!("{day}.jsonl")))
+    }
+
+    /// `day`'s records counted by type and peer, reading only what was appended since the
+    /// last look.
+    pub fn counts(&self, day: &str) -> std::io::Result<Counts> {
+        let Some(path) = self.file(day) else {
+            return Ok(Counts::new());
+        };
+        let mut d = self
+            .days
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(day)
+            .cloned()
+            .unwrap_or_default();
+        if let Ok(len) = std::fs::metadata(&path).map(|m| m.len()) {
+            if len > d.covered {
+                count_from(&path, &mut d)?;
+            }
+        }
+        let counts = d.counts.clone();
+        self.days
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(day.to_string(), d);
+        Ok(counts)
+    }
+}
+
+fn valid_day(day: &str) -> bool {
+    day.len() == 10
+        && day.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        })
+}
+
+/// Adds the whole lines after `d.covered` to its counts.
+fn count_from(path: &Path, d: &mut Day) -> std::io::Result<()> {
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::Start(d.covered))?;
+    let mut r = BufReader::new(f);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = r.read_until(b'\n', &mut line)?;
+        // A torn last line (being written, or cut by a crash) waits for the next look.
+        if n == 0 || line.last() != Some(&b'\n') {
+            return Ok(());
+        }
+        d.covered += n as u64;
+        if let Ok(rec) = serde_json::from_slice::<Record>(&line) {
+            let peer = rec.peer.unwrap_or_else(|| "-".into());
+            *d.counts
+                .entry(rec.record_type)
+                .or_default()
+                .entry(peer)
+                .or_default() += 1;
+        }
+    }
+}
+
+/// Whether a record line matches the filters (`None`: any).
+pub fn matches(line: &[u8], record_type: Option<&str>, peer: Option<&str>) -> bool {
+    let Ok(rec) = serde_json::from_slice::<Record>(line) else {
+        return false;
+    };
+    record_type.is_none_or(|t| t == rec.record_type)
+        && peer.is_none_or(|p| p == rec.peer.as_deref().unwrap_or("-"))
+}
+
+/// The CSV columns of a record, in order.
+pub const CSV_COLUMNS: [&str; 12] = [
+    "record_id",
+    "record_type",
+    "time",
+    "local_rs",
+    "peer",
+    "originator",
+    "recipients",
+    "message_id",
+    "transaction_id",
+    "size",
+    "content_types",
+    "status",
+];
+
+/// One record line as a CSV row of [`CSV_COLUMNS`] (lists joined with `;`).
+pub fn csv_row(line: &[u8]) -> Option<Vec<String>> {
+    let v: serde_json::Value = serde_json::from_slice(line).ok()?;
+    Some(
+        CSV_COLUMNS
+            .iter()
+            .map(|c| match &v[*c] {
+                serde_json::Value::Null => String::new(),
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Array(a) => a
+                    .iter()
+                    .map(|x| {
+                        x.as_str()
+                            .map(String::from)
+                            .unwrap_or_else(|| x.to_string())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(";"),
+                other => other.to_string(),
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn counts_grow_with_the_file_and_a_torn_line_waits() {
+        let dir = std::env::temp_dir().join(format!("cdr-summary-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("2026-12-05.jsonl");
+        let mut f = File::create(&path).unwrap();
+        writeln!(
+            f,
+            r#"{{"record_id":"1","record_type":"MMO4FRq","peer":"b"}}"#
+        )
+        .unwrap();
+        writeln!(
+            f,
+            r#"{{"record_id":"2","record_type":"MMO4FRq","peer":"b"}}"#
+        )
+        .unwrap();
+        write!(f, r#"{{"record_id":"3","record_type":"MMR4F""#).unwrap();
+        let s = Summaries::new(&dir);
+        assert_eq!(s.days(), ["2026-12-05"]);
+        let c = s.counts("2026-12-05").unwrap();
+        assert_eq!(c["MMO4FRq"]["b"], 2);
+        assert!(!c.contains_key("MMR4F"), "the torn line is not counted yet");
+        writeln!(f, r#","peer":"c"}}"#).unwrap();
+        writeln!(f, r#"{{"record_id":"4","record_type":"MMR4F"}}"#).unwrap();
+        let c = s.counts("2026-12-05").unwrap();
+        assert_eq!(
+            (c["MMO4FRq"]["b"], c["MMR4F"]["c"], c["MMR4F"]["-"]),
+            (2, 1, 1)
+        );
+        assert!(s.file("../etc/passwd").is_none());
+        assert!(s.counts("../../x").unwrap().is_empty());
+        let line = br#"{"record_id":"9","record_type":"MMO4FRq","peer":"b","recipients":["+1","+2"],"size":5}"#;
+        let row = csv_row(line).unwrap();
+        assert_eq!(
+            (row[0].as_str(), row[6].as_str(), row[9].as_str()),
+            ("9", "+1;+2", "5")
+        );
+        assert!(matches(line, Some("MMO4FRq"), Some("b")));
+        assert!(!matches(line, None, Some("c")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
