@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::Client as Smtp;
 use common::*;
 use fantoccini::{Client, ClientBuilder, Locator};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const TOKEN: &str = "s3cret";
 const B_NUMBER: &str = "+491721111111";
@@ -89,6 +89,11 @@ async fn shot(c: &Client, name: &str) {
     std::fs::write(screenshots().join(format!("{name}.png")), png).unwrap();
 }
 
+async fn assert_at_login(c: &Client) {
+    let url = c.current_url().await.unwrap();
+    assert!(url.path().ends_with("/console/login"), "{url}");
+}
+
 /// The element `css` finds, once the page has it (a click navigates in the browser's time).
 async fn el(c: &Client, css: &str) -> fantoccini::elements::Element {
     c.wait()
@@ -122,25 +127,6 @@ async fn until_text(c: &Client, css: &str, want: &str) -> String {
     }
 }
 
-fn api_auth(method: &str, api: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-    use std::io::{Read, Write};
-    let addr = api.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    let body = body.unwrap_or("");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\
-Connection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, rest) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, serde_json::from_str(rest).unwrap_or(Value::Null))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_works_the_relay_from_the_console() {
     let dir = TempDir::new("console");
@@ -166,11 +152,12 @@ async fn an_operator_works_the_relay_from_the_console() {
     assert!(reply.starts_with("250"), "{reply}");
     let body = json!({"from": "+15550000001", "to": [B_NUMBER], "subject": "to be retried",
         "parts": [{"content_type": "text/plain", "text": "hello"}]});
-    let (code, v) = api_auth("POST", &api, "/v1/messages", Some(&body.to_string()));
+    let (code, v) = http_bearer("POST", &api, "/v1/messages", Some(&body.to_string()), TOKEN);
     assert_eq!(code, 202, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while api_auth("GET", &api, &format!("/v1/messages/{id}"), None).1["recipients"][0]["state"]
+    while http_bearer("GET", &api, &format!("/v1/messages/{id}"), None, TOKEN).1["recipients"][0]
+        ["state"]
         != "deferred"
     {
         assert!(Instant::now() < deadline, "the MM to B was never deferred");
@@ -183,12 +170,7 @@ async fn an_operator_works_the_relay_from_the_console() {
 
     // Not logged in: the login form. A wrong token is refused.
     b.goto(&format!("{api}/console")).await.unwrap();
-    assert!(b
-        .current_url()
-        .await
-        .unwrap()
-        .path()
-        .ends_with("/console/login"));
+    assert_at_login(&b).await;
     el(&b, "#token").await.send_keys("wrong").await.unwrap();
     el(&b, "#login").await.click().await.unwrap();
     assert_eq!(text(&b, "#problem").await, "wrong token");
@@ -228,7 +210,7 @@ async fn an_operator_works_the_relay_from_the_console() {
         .unwrap()
         .replace("127.0.0.1:9", &sink.to_string());
     std::fs::write(&relay.config, fixed).unwrap();
-    let (code, v) = api_auth("POST", &api, "/v1/reload", None);
+    let (code, v) = http_bearer("POST", &api, "/v1/reload", None, TOKEN);
     assert_eq!(code, 200, "{v}");
     el(&b, "#retry").await.click().await.unwrap();
     let r = until_text(&b, "#recipient-0", "forwarded").await;
@@ -255,7 +237,7 @@ async fn an_operator_works_the_relay_from_the_console() {
         .await
         .unwrap();
     assert_eq!(text(&b, "#peer-operator-b .paused").await, "paused");
-    let (_, peers) = api_auth("GET", &api, "/v1/peers", None);
+    let (_, peers) = http_bearer("GET", &api, "/v1/peers", None, TOKEN);
     assert_eq!(peers[0]["paused"], true, "{peers:#}");
     shot(&b, "peer-paused").await;
 
@@ -263,7 +245,7 @@ async fn an_operator_works_the_relay_from_the_console() {
     b.goto(&format!("{api}/console/queue")).await.unwrap();
     // The page shows what the API shows: the RES owed to B (its retry is an hour away: only
     // the MM was retried), and the MM itself until its RES comes (its ack timeout).
-    let (_, q) = api_auth("GET", &api, "/v1/queue", None);
+    let (_, q) = http_bearer("GET", &api, "/v1/queue", None, TOKEN);
     assert_eq!(text(&b, "#depth").await, q["depth"].to_string(), "{q:#}");
     let rows = b.find_all(Locator::Css("#oldest tr")).await.unwrap();
     assert_eq!(rows.len(), q["oldest"].as_array().unwrap().len() + 1);
@@ -301,11 +283,6 @@ async fn an_operator_works_the_relay_from_the_console() {
     b.goto(&format!("{api}/console")).await.unwrap();
     el(&b, "header form button").await.click().await.unwrap();
     b.goto(&format!("{api}/console/queue")).await.unwrap();
-    assert!(b
-        .current_url()
-        .await
-        .unwrap()
-        .path()
-        .ends_with("/console/login"));
+    assert_at_login(&b).await;
     b.close().await.unwrap();
 }

@@ -96,28 +96,14 @@ fn the_document_describes_every_route_with_its_errors() {
     );
     // What the examples name works: the example submission is accepted.
     let example = &doc["components"]["schemas"]["SubmitRequest"]["example"];
-    let (code, v) = http_auth("POST", &api, "/v1/messages", Some(&example.to_string()));
+    let (code, v) = http_bearer(
+        "POST",
+        &api,
+        "/v1/messages",
+        Some(&example.to_string()),
+        TOKEN,
+    );
     assert_eq!(code, 202, "{v}");
-}
-
-/// One request with the token.
-fn http_auth(method: &str, api: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-    use std::io::{Read, Write};
-    let addr = api.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    let body = body.unwrap_or("");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\
-Connection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, rest) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, serde_json::from_str(rest).unwrap_or(Value::Null))
 }
 
 /// schemathesis, installed into a virtual environment by `scripts/test` (or named by

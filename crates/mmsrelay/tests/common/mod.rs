@@ -365,6 +365,18 @@ pub fn http(method: &str, api: &str, path: &str, body: Option<&str>) -> (u16, se
     try_http(method, api, path, body).unwrap_or_else(|e| panic!("{method} {api}{path}: {e}"))
 }
 
+/// [`http`] with `Authorization: Bearer <token>`.
+pub fn http_bearer(
+    method: &str,
+    api: &str,
+    path: &str,
+    body: Option<&str>,
+    token: &str,
+) -> (u16, serde_json::Value) {
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    request(method, api, path, body, &auth).unwrap_or_else(|e| panic!("{method} {api}{path}: {e}"))
+}
+
 /// [`http`], for a server that may be down: the I/O error instead of a panic.
 pub fn try_http(
     method: &str,
@@ -372,11 +384,22 @@ pub fn try_http(
     path: &str,
     body: Option<&str>,
 ) -> std::io::Result<(u16, serde_json::Value)> {
+    request(method, api, path, body, "")
+}
+
+/// One request with `headers` (whole lines) added: (status, JSON body).
+fn request(
+    method: &str,
+    api: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &str,
+) -> std::io::Result<(u16, serde_json::Value)> {
     let addr = api.trim_start_matches("http://");
     let mut s = TcpStream::connect(addr)?;
     let body = body.unwrap_or("");
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes())?;
