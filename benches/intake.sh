@@ -13,7 +13,7 @@ SIZE=${SIZE:-102400}
 . benches/lib.sh
 need_packages
 cargo build --release -q -p mmsrelay
-BIN=$PWD/target/release/mmsrelay
+BIN=${BIN:-$PWD/target/release/mmsrelay}   # BIN=… measures another build in the same session
 
 make_forward "$WORK/forward.eml" "$SIZE" Yes
 FROM="+491721234567/TYPE=PLMN@mms.mnc002.mcc262.gprs"

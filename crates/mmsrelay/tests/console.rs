@@ -249,7 +249,13 @@ async fn an_operator_works_the_relay_from_the_console() {
     assert_eq!(text(&b, "#depth").await, q["depth"].to_string(), "{q:#}");
     let rows = b.find_all(Locator::Css("#oldest tr")).await.unwrap();
     assert_eq!(rows.len(), q["oldest"].as_array().unwrap().len() + 1);
-    assert!(text(&b, "#oldest").await.contains(&id));
+    let oldest = text(&b, "#oldest").await;
+    assert!(oldest.contains(&id), "{oldest}");
+    // Each entry says what it is: the MM, and our RES to B apart from it.
+    assert!(
+        oldest.contains("MM4_forward.REQ") && oldest.contains("MM4_forward.RES"),
+        "{oldest} {q:#}"
+    );
     shot(&b, "queue").await;
 
     // Charging: the counts by type and peer, and the CSV download.

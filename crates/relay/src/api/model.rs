@@ -154,6 +154,9 @@ pub struct QueueView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct QueuedItem {
     pub id: String,
+    /// What waits: an MM (`MM4_forward.REQ`) or our control traffic (`MM4_forward.RES`,
+    /// `MM4_delivery_report.REQ`…).
+    pub kind: Option<String>,
     pub recipient: Option<String>,
     pub peer: String,
     /// RFC 3339.

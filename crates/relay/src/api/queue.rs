@@ -11,7 +11,7 @@ use store::MsgId;
 use super::error::{internal, not_found, ApiError, ErrorBody};
 use super::model::{Deleted, QueueView, QueuedItem, Retried};
 use super::{rfc3339, Api};
-use crate::records::{from_bytes, Next, Queue, RecipientState};
+use crate::records::{from_bytes, MessageKind, Next, Queue, RecipientState, StoredMessage};
 
 /// How many of the oldest queued items `GET /v1/queue` lists.
 const OLDEST: usize = 20;
@@ -62,27 +62,48 @@ pub(crate) async fn view(api: &Api) -> Result<QueueView, ApiError> {
         view.depth += q.depth;
         *view.peers.entry(peer.clone()).or_default() += q.depth;
         for d in api.store.oldest(&q.queue, OLDEST).await.map_err(internal)? {
-            let st = api
-                .store
-                .recipients(d.id)
-                .await
-                .map_err(internal)?
-                .into_iter()
-                .find(|r| r.idx == d.idx)
-                .and_then(|r| serde_json::from_slice::<RecipientState>(&r.state).ok());
-            let item = QueuedItem {
-                id: d.id.to_string(),
-                recipient: st.map(|s| s.address),
-                peer: peer.clone(),
-                due: rfc3339(d.at as i64),
-            };
-            oldest.push((d.at, item));
+            oldest.push((d, peer.clone()));
         }
     }
-    oldest.sort_by_key(|(at, _)| *at);
+    // The oldest over all queues; only those are read further (bounded: OLDEST of them).
+    oldest.sort_by_key(|(d, _)| d.at);
     oldest.truncate(OLDEST);
-    view.oldest = oldest.into_iter().map(|(_, v)| v).collect();
+    for (d, peer) in oldest {
+        view.oldest.push(queued_item(api, d, peer).await?);
+    }
     Ok(view)
+}
+
+/// One queued recipient: which MM (and what kind of message: an MM, or our RES or report),
+/// to whom, when due.
+async fn queued_item(api: &Api, d: store::Due, peer: String) -> Result<QueuedItem, ApiError> {
+    let st = api
+        .store
+        .recipients(d.id)
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .find(|r| r.idx == d.idx)
+        .and_then(|r| serde_json::from_slice::<RecipientState>(&r.state).ok());
+    let kind = api
+        .store
+        .message(d.id)
+        .await
+        .map_err(internal)?
+        .and_then(|m| serde_json::from_slice::<StoredMessage>(&m).ok())
+        .map(|m| match m.kind {
+            MessageKind::Mm4 { message_type } | MessageKind::Refused { message_type } => {
+                message_type
+            }
+            other => format!("{other:?}").to_lowercase(),
+        });
+    Ok(QueuedItem {
+        id: d.id.to_string(),
+        kind,
+        recipient: st.map(|s| s.address),
+        peer,
+        due: rfc3339(d.at as i64),
+    })
 }
 
 /// Makes every queued recipient of an MM due now.

@@ -165,9 +165,10 @@ pub async fn queue(State(c): State<Arc<Console>>, headers: HeaderMap) -> Respons
                 (q.scheduled.values().sum::<u64>()) " reports scheduled for MMs' expiry (not waiting)." }
             h2 { "Oldest waiting" }
             @if q.oldest.is_empty() { p.muted #empty { "Nothing waits." } } @else {
-                table #oldest { tr { th { "MM" } th { "Recipient" } th { "Peer" } th { "Due" } th {} }
+                table #oldest { tr { th { "Message" } th { "What" } th { "Recipient" } th { "Peer" } th { "Due" } th {} }
                     @for item in &q.oldest { tr {
                         td { a href=(format!("/console/messages/{}", item.id)) { (item.id) } }
+                        td.kind { (item.kind.clone().unwrap_or_default()) }
                         td { (item.recipient.clone().unwrap_or_default()) }
                         td { (item.peer) } td { (when(&item.due)) }
                         td {
