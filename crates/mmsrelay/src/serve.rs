@@ -322,7 +322,7 @@ async fn run_from(
     let mut api_stop = stop_rx.clone();
     let console = Arc::new(relay::console::Console::new(
         api.clone(),
-        cfg.store.path.join("cdr"),
+        exporter.summaries(),
         cfg.clone(),
     ));
     let api_routes = relay::api::routes(api.clone()).merge(relay::console::routes(console));

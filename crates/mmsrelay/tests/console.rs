@@ -257,6 +257,13 @@ async fn an_operator_works_the_relay_from_the_console() {
         "{oldest} {q:#}"
     );
     shot(&b, "queue").await;
+    // One peer's queue.
+    el(&b, "#per-peer a").await.click().await.unwrap();
+    until_text(&b, "h2", "for operator-b").await;
+    assert_eq!(
+        b.find_all(Locator::Css("#oldest tr")).await.unwrap().len(),
+        q["peers"]["operator-b"].as_u64().unwrap() as usize + 1
+    );
 
     // Charging: the counts by type and peer, and the CSV download.
     b.goto(&format!("{api}/console/charging")).await.unwrap();

@@ -74,6 +74,24 @@ pub(crate) async fn view(api: &Api) -> Result<QueueView, ApiError> {
     Ok(view)
 }
 
+/// The oldest waiting entries of one peer's queue (`(unrouted)`: the unrouted one).
+pub(crate) async fn oldest_of(api: &Api, peer: &str) -> Result<Vec<QueuedItem>, ApiError> {
+    let queue = match peer {
+        "(unrouted)" => Queue::Unrouted,
+        p => Queue::Peer(p),
+    };
+    let due = api
+        .store
+        .oldest(&queue.to_string(), OLDEST)
+        .await
+        .map_err(internal)?;
+    let mut out = Vec::with_capacity(due.len());
+    for d in due {
+        out.push(queued_item(api, d, peer.to_string()).await?);
+    }
+    Ok(out)
+}
+
 /// One queued recipient: which MM (and what kind of message: an MM, or our RES or report),
 /// to whom, when due.
 async fn queued_item(api: &Api, d: store::Due, peer: String) -> Result<QueuedItem, ApiError> {

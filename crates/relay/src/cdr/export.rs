@@ -54,6 +54,8 @@ pub struct Exporter {
     batch: usize,
     clock: Arc<dyn Clock>,
     charging: Charging,
+    /// The day files' counts, brought up to date after each append (the console reads them).
+    summaries: Arc<super::summary::Summaries>,
     /// Whether the files may already hold records still in the store: after a start, and after
     /// an export that failed once it began writing.
     suspect: AtomicBool,
@@ -69,9 +71,14 @@ impl Exporter {
         batch: usize,
         clock: Arc<dyn Clock>,
     ) -> Exporter {
+        let dir = data_dir.join("cdr");
         Exporter {
             store,
-            dir: data_dir.join("cdr"),
+            summaries: Arc::new(super::summary::Summaries::new(
+                &dir,
+                data_dir.join("cdr-counts"),
+            )),
+            dir,
             node: node.into(),
             stale,
             batch: batch.max(1),
@@ -84,6 +91,11 @@ impl Exporter {
     /// What the event processor and the scheduler use to store records and wake this exporter.
     pub fn charging(&self) -> Charging {
         self.charging.clone()
+    }
+
+    /// The counts of this node's day files.
+    pub fn summaries(&self) -> Arc<super::summary::Summaries> {
+        self.summaries.clone()
     }
 
     /// Exports until `shutdown`, then writes what is left.
@@ -128,11 +140,17 @@ impl Exporter {
         // From here a failure may leave lines behind: the next attempt checks the files.
         let check = self.suspect.swap(true, Ordering::SeqCst);
         let dir = self.dir.clone();
+        let summaries = self.summaries.clone();
         // File writes and fsyncs block: off the async workers.
         tokio::task::spawn_blocking(move || {
-            by_day
-                .into_iter()
-                .try_for_each(|(day, rows)| append(&dir, &day, rows, check))
+            by_day.into_iter().try_for_each(|(day, rows)| {
+                append(&dir, &day, rows, check)?;
+                // What was just appended, counted while it is in the page cache.
+                if let Err(e) = summaries.counts(&day) {
+                    tracing::warn!(day, error = %e, "charging counts not updated");
+                }
+                Ok::<(), ExportError>(())
+            })
         })
         .await
         .map_err(|e| ExportError::Io {

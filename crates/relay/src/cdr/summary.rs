@@ -1,6 +1,11 @@
 //! What the day files hold, counted by record type and peer for the console — incrementally: a
 //! day's counts remember how many bytes of its file they cover, and a later look reads only
-//! what was appended since (the files only grow). Also the day's records as CSV.
+//! what was appended since (the files only grow). The exporter brings a day's counts up to date
+//! after each batch it appends, and the counts are kept apart from the day files (in
+//! `<data>/cdr-counts/`: whatever collects `<data>/cdr/` for billing finds only records there) —
+//! a cache: without it, or when it covers more than the file holds, the day is counted again
+//! from its start —, so a page never reads a whole day. Also the day's
+//! records as CSV.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -14,10 +19,12 @@ pub type Counts = BTreeMap<String, BTreeMap<String, u64>>;
 /// The counts of every day looked at since the start.
 pub struct Summaries {
     dir: PathBuf,
+    /// Where the counts are kept.
+    cache: PathBuf,
     days: Mutex<HashMap<String, Day>>,
 }
 
-#[derive(Default, Clone)]
+#[derive(Default, Clone, serde::Serialize, serde::Deserialize)]
 struct Day {
     /// Bytes of the file the counts cover: whole lines only.
     covered: u64,
@@ -32,10 +39,11 @@ struct Record {
 }
 
 impl Summaries {
-    /// The summaries of the day files in `dir` (`<data>/cdr`).
-    pub fn new(dir: impl Into<PathBuf>) -> Summaries {
+    /// The summaries of the day files in `dir` (`<data>/cdr`), kept in `cache`.
+    pub fn new(dir: impl Into<PathBuf>, cache: impl Into<PathBuf>) -> Summaries {
         Summaries {
             dir: dir.into(),
+            cache: cache.into(),
             days: Mutex::default(),
         }
     }
@@ -60,23 +68,31 @@ impl Summaries {
         valid_day(day).then(|| self.dir.join(format!("{day}.jsonl")))
     }
 
+    fn cache_file(&self, day: &str) -> PathBuf {
+        self.cache.join(format!("{day}.json"))
+    }
+
     /// `day`'s records counted by type and peer, reading only what was appended since the
     /// last look.
     pub fn counts(&self, day: &str) -> std::io::Result<Counts> {
         let Some(path) = self.file(day) else {
             return Ok(Counts::new());
         };
-        let mut d = self
+        let known = self
             .days
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(day)
-            .cloned()
+            .cloned();
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let mut d = known
+            .or_else(|| saved(&self.cache_file(day)))
+            .filter(|d| d.covered <= len)
             .unwrap_or_default();
-        if let Ok(len) = std::fs::metadata(&path).map(|m| m.len()) {
-            if len > d.covered {
-                count_from(&path, &mut d)?;
-            }
+        if len > d.covered {
+            count_from(&path, &mut d)?;
+            // A cache: a failed write only means the next start counts this day again.
+            let _ = save(&self.cache_file(day), &d);
         }
         let counts = d.counts.clone();
         self.days
@@ -85,6 +101,21 @@ impl Summaries {
             .insert(day.to_string(), d);
         Ok(counts)
     }
+}
+
+/// The counts kept beside a day file, if they read.
+fn saved(path: &Path) -> Option<Day> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// Keeps `d` (written aside, then renamed over: never half a file).
+fn save(path: &Path, d: &Day) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(d).map_err(std::io::Error::other)?)?;
+    std::fs::rename(tmp, path)
 }
 
 fn valid_day(day: &str) -> bool {
@@ -194,7 +225,7 @@ mod tests {
         )
         .unwrap();
         write!(f, r#"{{"record_id":"3","record_type":"MMR4F""#).unwrap();
-        let s = Summaries::new(&dir);
+        let s = Summaries::new(&dir, dir.join("counts"));
         assert_eq!(s.days(), ["2026-12-05"]);
         let c = s.counts("2026-12-05").unwrap();
         assert_eq!(c["MMO4FRq"]["b"], 2);
@@ -206,6 +237,18 @@ mod tests {
             (c["MMO4FRq"]["b"], c["MMR4F"]["c"], c["MMR4F"]["-"]),
             (2, 1, 1)
         );
+        // A new start (another Summaries) takes the kept counts and reads only what follows.
+        writeln!(f, r#"{{"record_id":"5","record_type":"MMR4F","peer":"c"}}"#).unwrap();
+        let again = Summaries::new(&dir, dir.join("counts"));
+        assert!(dir.join("counts/2026-12-05.json").exists());
+        assert_eq!(again.counts("2026-12-05").unwrap()["MMR4F"]["c"], 2);
+        // Counts that cover more than the file holds are not trusted: counted again.
+        let shorter = r#"{"record_id":"1","record_type":"MMO4FRq","peer":"b"}"#;
+        std::fs::write(&path, format!("{shorter}\n")).unwrap();
+        let fresh = Summaries::new(&dir, dir.join("counts"));
+        let c = fresh.counts("2026-12-05").unwrap();
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!(c["MMO4FRq"]["b"], 1);
         assert!(s.file("../etc/passwd").is_none());
         assert!(s.counts("../../x").unwrap().is_empty());
         let line = br#"{"record_id":"9","record_type":"MMO4FRq","peer":"b","recipients":["+1","+2"],"size":5}"#;

@@ -28,18 +28,18 @@ use session::{Session, Sessions};
 pub struct Console {
     pub api: Arc<Api>,
     pub sessions: Sessions,
-    /// The charging records' day files and their counts.
-    pub charging: Summaries,
+    /// The charging records' day files and their counts (kept up to date by the exporter).
+    pub charging: Arc<Summaries>,
     /// The configuration the relay started with (a reload's, when it has a file, wins).
     pub started_with: Config,
 }
 
 impl Console {
-    pub fn new(api: Arc<Api>, cdr_dir: std::path::PathBuf, started_with: Config) -> Console {
+    pub fn new(api: Arc<Api>, charging: Arc<Summaries>, started_with: Config) -> Console {
         Console {
             api,
             sessions: Sessions::default(),
-            charging: Summaries::new(cdr_dir),
+            charging,
             started_with,
         }
     }

@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::{Form, Path, State};
+use axum::extract::{Form, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
@@ -146,8 +146,18 @@ pub async fn resume(
     set_paused(&c, &headers, &name, &f.csrf, false).await
 }
 
-/// The oldest waiting items per peer, with retry and give-up.
-pub async fn queue(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+#[derive(serde::Deserialize)]
+pub struct QueueForm {
+    peer: Option<String>,
+}
+
+/// Depth per peer; the oldest waiting entries — over all queues, or of the peer chosen — with
+/// retry and give-up.
+pub async fn queue(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(f): Query<QueueForm>,
+) -> Response {
     let s = match c.session(&headers) {
         Ok(s) => s,
         Err(r) => return r.into_response(),
@@ -156,6 +166,14 @@ pub async fn queue(State(c): State<Arc<Console>>, headers: HeaderMap) -> Respons
         Ok(q) => q,
         Err(e) => return api_error(e),
     };
+    let peer = f.peer.filter(|p| q.peers.contains_key(p));
+    let oldest = match &peer {
+        Some(p) => match queue::oldest_of(&c.api, p).await {
+            Ok(items) => items,
+            Err(e) => return api_error(e),
+        },
+        None => q.oldest,
+    };
     page(
         "Queue",
         "/console/queue",
@@ -163,10 +181,13 @@ pub async fn queue(State(c): State<Arc<Console>>, headers: HeaderMap) -> Respons
         html! {
             p { strong #depth { (q.depth) } " recipients waiting; "
                 (q.scheduled.values().sum::<u64>()) " reports scheduled for MMs' expiry (not waiting)." }
-            h2 { "Oldest waiting" }
-            @if q.oldest.is_empty() { p.muted #empty { "Nothing waits." } } @else {
+            table #per-peer { tr { th { "Peer" } th { "Waiting" } }
+                @for (name, n) in &q.peers { tr {
+                    td { a href=(format!("/console/queue?peer={name}")) { (name) } } td { (n) } } } }
+            h2 { "Oldest waiting" @if let Some(p) = &peer { " for " (p) " " a href="/console/queue" { "(all peers)" } } }
+            @if oldest.is_empty() { p.muted #empty { "Nothing waits." } } @else {
                 table #oldest { tr { th { "Message" } th { "What" } th { "Recipient" } th { "Peer" } th { "Due" } th {} }
-                    @for item in &q.oldest { tr {
+                    @for item in &oldest { tr {
                         td { a href=(format!("/console/messages/{}", item.id)) { (item.id) } }
                         td.kind { (item.kind.clone().unwrap_or_default()) }
                         td { (item.recipient.clone().unwrap_or_default()) }
