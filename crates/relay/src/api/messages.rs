@@ -9,7 +9,8 @@ use store::MsgId;
 
 use super::error::{internal, invalid_request, not_found, ApiError, ErrorBody};
 use super::model::{
-    Accepted, Message, MessageList, MessageSummary, Recipient, Search, Submitted, TimelineEntry,
+    Message, MessageHead, MessageList, MessageSummary, Recipient, Search, Standing, Submitted,
+    TimelineEntry,
 };
 use super::{rfc3339, Api};
 use crate::records::{RcptKind, RcptState, RecipientState, StoredMessage};
@@ -60,7 +61,7 @@ pub async fn post_message(
             recipients: s
                 .recipients
                 .into_iter()
-                .map(|r| Accepted {
+                .map(|r| Standing {
                     address: r.address,
                     state: r.state,
                     peer: r.peer,
@@ -168,10 +169,12 @@ pub(crate) async fn message(api: &Api, id: MsgId) -> Result<Option<Message>, Api
             .iter()
             .filter(|r| r.kind == RcptKind::Local)
             .map(|r| Recipient {
-                address: r.address.clone(),
-                peer: None,
-                state: RcptState::DeliveredLocal,
-                status_code: None,
+                standing: Standing {
+                    address: r.address.clone(),
+                    peer: None,
+                    state: RcptState::DeliveredLocal,
+                    status_code: None,
+                },
                 status_text: None,
                 attempts: 0,
                 events: Vec::new(),
@@ -185,13 +188,15 @@ pub(crate) async fn message(api: &Api, id: MsgId) -> Result<Option<Message>, Api
             .collect()
     };
     Ok(Some(Message {
-        id: id.to_string(),
-        message_id: meta.mm_message_id,
-        transaction_id: meta.transaction_id,
-        from: meta.from.unwrap_or(meta.mail_from),
-        subject: meta.subject,
-        size: meta.size as u64,
-        received_at: rfc3339(meta.received_at),
+        head: MessageHead {
+            id: id.to_string(),
+            message_id: meta.mm_message_id,
+            transaction_id: meta.transaction_id,
+            from: meta.from.unwrap_or(meta.mail_from),
+            subject: meta.subject,
+            size: meta.size as u64,
+            received_at: rfc3339(meta.received_at),
+        },
         expires_at: meta.expires_at.map(rfc3339),
         recipients,
     }))
@@ -205,10 +210,12 @@ fn recipient(st: RecipientState) -> Recipient {
         .map(|a| a.without_domain().to_string())
         .unwrap_or(st.address);
     Recipient {
-        address,
-        peer: st.peer,
-        state: st.state,
-        status_code: st.status_code,
+        standing: Standing {
+            address,
+            peer: st.peer,
+            state: st.state,
+            status_code: st.status_code,
+        },
         status_text: st.status_text,
         attempts: st.attempts,
         events: st

@@ -16,21 +16,22 @@ pub struct Submitted {
     pub id: String,
     /// The MM4 message id (`X-Mms-Message-ID`), one for all recipient MMSEs.
     pub message_id: String,
-    pub recipients: Vec<Accepted>,
+    pub recipients: Vec<Standing>,
 }
 
-/// Where one submitted recipient stands right after the submission.
+/// Where one recipient stands: after a submission, in a list of MMs, and first in its timeline.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Accepted {
+pub struct Standing {
     pub address: String,
-    pub state: RcptState,
     pub peer: Option<String>,
+    pub state: RcptState,
+    /// The MM4 status code of the last answer (`Ok`, `Error-unsupported-message`…).
     pub status_code: Option<String>,
 }
 
-/// An MM with the state of each recipient and its timeline.
+/// What an MM is, in a list and on its own.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Message {
+pub struct MessageHead {
     pub id: String,
     pub message_id: Option<String>,
     pub transaction_id: Option<String>,
@@ -40,6 +41,13 @@ pub struct Message {
     pub size: u64,
     /// RFC 3339.
     pub received_at: String,
+}
+
+/// An MM with the state of each recipient and its timeline.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Message {
+    #[serde(flatten)]
+    pub head: MessageHead,
     /// RFC 3339: when undelivered recipients expire.
     pub expires_at: Option<String>,
     pub recipients: Vec<Recipient>,
@@ -49,11 +57,8 @@ pub struct Message {
 /// evidence.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Recipient {
-    pub address: String,
-    pub peer: Option<String>,
-    pub state: RcptState,
-    /// The MM4 status code of the last answer (`Ok`, `Error-unsupported-message`…).
-    pub status_code: Option<String>,
+    #[serde(flatten)]
+    pub standing: Standing,
     /// The first line of the last answer's text, at most 300 characters.
     pub status_text: Option<String>,
     pub attempts: u32,
@@ -86,45 +91,16 @@ pub struct MessageList {
 /// An MM in a list: who, when, and where each recipient stands.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MessageSummary {
-    pub id: String,
-    pub message_id: Option<String>,
-    pub transaction_id: Option<String>,
-    pub from: String,
-    pub subject: Option<String>,
-    pub size: u64,
-    /// RFC 3339.
-    pub received_at: String,
-    pub recipients: Vec<RecipientSummary>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RecipientSummary {
-    pub address: String,
-    pub peer: Option<String>,
-    pub state: RcptState,
-    pub status_code: Option<String>,
+    #[serde(flatten)]
+    pub head: MessageHead,
+    pub recipients: Vec<Standing>,
 }
 
 impl From<Message> for MessageSummary {
     fn from(m: Message) -> Self {
         MessageSummary {
-            id: m.id,
-            message_id: m.message_id,
-            transaction_id: m.transaction_id,
-            from: m.from,
-            subject: m.subject,
-            size: m.size,
-            received_at: m.received_at,
-            recipients: m
-                .recipients
-                .into_iter()
-                .map(|r| RecipientSummary {
-                    address: r.address,
-                    peer: r.peer,
-                    state: r.state,
-                    status_code: r.status_code,
-                })
-                .collect(),
+            head: m.head,
+            recipients: m.recipients.into_iter().map(|r| r.standing).collect(),
         }
     }
 }

@@ -58,12 +58,12 @@ pub async fn search(
                     table #results {
                         tr { th { "Received" } th { "From" } th { "Recipients" } th { "Subject" } th { "Size" } th { "MM4 message id" } }
                         @for m in &list.messages { tr {
-                            td { a.mm href=(format!("/console/messages/{}", m.id)) { (when(&m.received_at)) } }
-                            td { (m.from) }
+                            td { a.mm href=(format!("/console/messages/{}", m.head.id)) { (when(&m.head.received_at)) } }
+                            td { (m.head.from) }
                             td { @for r in &m.recipients { div { (r.address) " " (state(r.state.as_str())) } } }
-                            td { (m.subject.clone().unwrap_or_default()) }
-                            td { (m.size) }
-                            td.muted { (m.message_id.clone().unwrap_or_default()) }
+                            td { (m.head.subject.clone().unwrap_or_default()) }
+                            td { (m.head.size) }
+                            td.muted { (m.head.message_id.clone().unwrap_or_default()) }
                         } }
                     }
                     @if let Some(next) = list.next {
@@ -107,35 +107,35 @@ pub async fn message(
         Ok(None) => return error(StatusCode::NOT_FOUND, "no such message"),
         Err(e) => return api_error(e),
     };
-    let pending = m.recipients.iter().any(|r| r.state.is_pending());
+    let pending = m.recipients.iter().any(|r| r.standing.state.is_pending());
     page(
-        &format!("Message {}", m.id),
+        &format!("Message {}", m.head.id),
         "/console/messages",
         &s,
         html! {
             table #summary {
-                tr { th { "From" } td { (m.from) } }
-                tr { th { "Subject" } td { (m.subject.clone().unwrap_or_default()) } }
-                tr { th { "MM4 message id" } td { (m.message_id.clone().unwrap_or_default()) } }
-                tr { th { "Transaction id" } td { (m.transaction_id.clone().unwrap_or_default()) } }
-                tr { th { "Size" } td { (m.size) " octets" } }
-                tr { th { "Received" } td { (when(&m.received_at)) } }
+                tr { th { "From" } td { (m.head.from) } }
+                tr { th { "Subject" } td { (m.head.subject.clone().unwrap_or_default()) } }
+                tr { th { "MM4 message id" } td { (m.head.message_id.clone().unwrap_or_default()) } }
+                tr { th { "Transaction id" } td { (m.head.transaction_id.clone().unwrap_or_default()) } }
+                tr { th { "Size" } td { (m.head.size) " octets" } }
+                tr { th { "Received" } td { (when(&m.head.received_at)) } }
                 tr { th { "Expires" } td { (m.expires_at.as_deref().map(when).unwrap_or_default()) } }
             }
             p {
-                a #raw href=(format!("/console/messages/{}/raw", m.id)) { "The MM as received" }
+                a #raw href=(format!("/console/messages/{}/raw", m.head.id)) { "The MM as received" }
                 @if pending {
                     " "
-                    form.inline method="post" action=(format!("/console/messages/{}/retry", m.id)) { (csrf_field(&s)) button #retry type="submit" { "Retry now" } }
+                    form.inline method="post" action=(format!("/console/messages/{}/retry", m.head.id)) { (csrf_field(&s)) button #retry type="submit" { "Retry now" } }
                     " "
-                    form.inline method="post" action=(format!("/console/messages/{}/give-up", m.id)) { (csrf_field(&s)) button.danger #give-up type="submit" { "Give up" } }
+                    form.inline method="post" action=(format!("/console/messages/{}/give-up", m.head.id)) { (csrf_field(&s)) button.danger #give-up type="submit" { "Give up" } }
                 }
             }
             @for (i, r) in m.recipients.iter().enumerate() {
                 section.recipient id=(format!("recipient-{i}")) {
-                    h2 { (r.address) " " (state(r.state.as_str()))
-                        @if let Some(p) = &r.peer { span.muted { " via " (p) } } }
-                    p { @if let Some(code) = &r.status_code { "Status " strong { (code) } } " "
+                    h2 { (r.standing.address) " " (state(r.standing.state.as_str()))
+                        @if let Some(p) = &r.standing.peer { span.muted { " via " (p) } } }
+                    p { @if let Some(code) = &r.standing.status_code { "Status " strong { (code) } } " "
                         span.muted { (r.status_text.clone().unwrap_or_default()) } " · attempts " (r.attempts) }
                     @if !r.events.is_empty() {
                         table.timeline { tr { th { "When" } th { "Event" } th { "Evidence" } }
