@@ -920,6 +920,22 @@ fn messages_are_found_by_msisdn_a_page_at_a_time_without_control_traffic() {
     assert_eq!(code, 202, "{r}");
     wait_message(&a.api, &ids[0], state_is("delivered"));
     wait_message(&b.api, r["id"].as_str().unwrap(), state_is("acknowledged"));
+    // The mailbox too is read a page at a time, oldest first.
+    let (_, page) = http("GET", &b.api, &format!("/v1/mailbox/{to}?limit=2"), None);
+    let page: Vec<&str> = page
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!((page.len(), page[0]), (2, mid.as_str()));
+    let (_, rest) = http(
+        "GET",
+        &b.api,
+        &format!("/v1/mailbox/{to}?limit=2&after={}", page[1]),
+        None,
+    );
+    assert_eq!(rest.as_array().unwrap().len(), 1, "{rest}");
 
     let search = |op: &Op, query: &str| -> Value {
         let (code, v) = http("GET", &op.api, &format!("/v1/messages?{query}"), None);

@@ -81,6 +81,17 @@ impl Spool for Flaky {
     async fn mailbox(&self, address: &str) -> Result<Vec<MsgId>, StoreError> {
         self.inner().mailbox(address).await
     }
+    async fn mailbox_page(
+        &self,
+        address: &str,
+        after: MsgId,
+        limit: usize,
+    ) -> Result<Vec<MsgId>, StoreError> {
+        self.inner().mailbox_page(address, after, limit).await
+    }
+    async fn filed(&self, address: &str, id: MsgId) -> Result<bool, StoreError> {
+        self.inner().filed(address, id).await
+    }
     async fn by_party(
         &self,
         party: &str,

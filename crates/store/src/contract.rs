@@ -341,6 +341,16 @@ pub trait Spool: Send + Sync {
     async fn body(&self, id: MsgId) -> Result<Option<Vec<u8>>, StoreError>;
     async fn recipients(&self, id: MsgId) -> Result<Vec<RecipientRow>, StoreError>;
     async fn mailbox(&self, address: &str) -> Result<Vec<MsgId>, StoreError>;
+    /// One page of a mailbox, oldest first: ids above `after`, at most `limit` (an index range
+    /// read; the next page starts after the last id).
+    async fn mailbox_page(
+        &self,
+        address: &str,
+        after: MsgId,
+        limit: usize,
+    ) -> Result<Vec<MsgId>, StoreError>;
+    /// Whether message `id` is filed in `address`'s mailbox (a point read).
+    async fn filed(&self, address: &str, id: MsgId) -> Result<bool, StoreError>;
     /// The messages `party` is a party of, newest first, with ids below `before`, at most
     /// `limit`: one page of an index range read (the next page starts before the last id).
     async fn by_party(

@@ -578,6 +578,36 @@ impl Spool for Embedded {
         })
     }
 
+    async fn mailbox_page(
+        &self,
+        address: &str,
+        after: MsgId,
+        limit: usize,
+    ) -> Result<Vec<MsgId>, StoreError> {
+        if after == MsgId::MAX {
+            return Ok(Vec::new());
+        }
+        self.read(|r| {
+            let t = r.open_table(MAILBOX).map_err(db_err)?;
+            let mut out = Vec::with_capacity(limit.min(1024));
+            for e in t
+                .range((address, after + 1)..=(address, MsgId::MAX))
+                .map_err(db_err)?
+                .take(limit)
+            {
+                out.push(e.map_err(db_err)?.0.value().1);
+            }
+            Ok(out)
+        })
+    }
+
+    async fn filed(&self, address: &str, id: MsgId) -> Result<bool, StoreError> {
+        self.read(|r| {
+            let t = r.open_table(MAILBOX).map_err(db_err)?;
+            Ok(t.get((address, id)).map_err(db_err)?.is_some())
+        })
+    }
+
     async fn by_party(
         &self,
         party: &str,

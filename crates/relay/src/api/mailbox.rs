@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -13,6 +13,22 @@ use super::error::{internal, invalid_request, not_found, ApiError, ErrorBody};
 use super::model::{MailboxEntry, Part, ReportRequest, ReportSent};
 use super::{rfc3339, Api};
 use crate::records::StoredMessage;
+
+/// MMs per page of a mailbox, unless the request says otherwise; and at most.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+/// `GET /v1/mailbox/{address}`: which page.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MailboxPage {
+    /// The id of the last MM of the previous page (ids are int64 in the document).
+    #[param(minimum = 0)]
+    pub after: Option<i64>,
+    /// MMs per page, 1–1000 [100].
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<usize>,
+}
 
 /// The canonical mailbox key of a subscriber address (`+E164`).
 fn mailbox_key(address: &str) -> Result<String, ApiError> {
@@ -42,13 +58,14 @@ async fn mailbox_entry(api: &Api, id: MsgId) -> Result<Option<(StoredMessage, Ve
     Ok(Some((meta, body)))
 }
 
-/// The MMs received for a local subscriber.
+/// The MMs received for a local subscriber, oldest first, a page at a time.
 #[utoipa::path(get, path = "/v1/mailbox/{address}", tag = "mailbox",
     params(("address" = String, Path,
-        description = "the subscriber: +E164, with or without /TYPE=PLMN and a domain")),
+        description = "the subscriber: +E164, with or without /TYPE=PLMN and a domain"),
+        MailboxPage),
     responses(
         (status = 200, description = "the filed MMs, with their parts", body = Vec<MailboxEntry>),
-        (status = 400, description = "not a subscriber address", body = ErrorBody),
+        (status = 400, description = "not a subscriber address, or a limit out of range", body = ErrorBody),
         (status = 401, description = "no valid bearer token", body = ErrorBody),
         (status = 503, description = "the store is unavailable", body = ErrorBody),
     ),
@@ -57,11 +74,25 @@ pub async fn get_mailbox(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
     Path(address): Path<String>,
+    Query(page): Query<MailboxPage>,
 ) -> Result<Json<Vec<MailboxEntry>>, ApiError> {
     api.check_auth(&headers)?;
     let key = mailbox_key(&address)?;
-    let mut out = Vec::new();
-    for id in api.store.mailbox(&key).await.map_err(internal)? {
+    let limit = page.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(invalid_request(format!("limit: 1 to {MAX_PAGE}")));
+    }
+    let ids = api
+        .store
+        .mailbox_page(
+            &key,
+            super::cursor("after", page.after)?.unwrap_or(0),
+            limit,
+        )
+        .await
+        .map_err(internal)?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
         let Some((meta, body)) = mailbox_entry(&api, id).await? else {
             continue;
         };
@@ -102,13 +133,7 @@ async fn in_mailbox(
 ) -> Result<(MsgId, StoredMessage, Vec<u8>), ApiError> {
     let key = mailbox_key(address)?;
     let id: MsgId = id.parse().map_err(|_| not_found("message"))?;
-    if !api
-        .store
-        .mailbox(&key)
-        .await
-        .map_err(internal)?
-        .contains(&id)
-    {
+    if !api.store.filed(&key, id).await.map_err(internal)? {
         return Err(not_found("message"));
     }
     let (meta, body) = mailbox_entry(api, id)

@@ -98,6 +98,7 @@ pub(crate) async fn find(api: &Api, search: &Search) -> Result<MessageList, ApiE
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(invalid_request(format!("limit: 1 to {MAX_PAGE}")));
     }
+    let before = super::cursor("before", search.before)?;
     let q = search.q.trim();
     let number = q
         .parse::<mm4::Address>()
@@ -106,7 +107,7 @@ pub(crate) async fn find(api: &Api, search: &Search) -> Result<MessageList, ApiE
         .filter(|_| q.starts_with('+'));
     let (ids, full) = match number {
         Some(n) => {
-            let before = search.before.unwrap_or(MsgId::MAX);
+            let before = before.unwrap_or(MsgId::MAX);
             let ids = api
                 .store
                 .by_party(&n, before, limit)

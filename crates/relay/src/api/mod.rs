@@ -92,6 +92,12 @@ impl Api {
     }
 }
 
+/// A page cursor given as a query parameter (an id; int64 in the document): not negative.
+fn cursor(name: &str, v: Option<i64>) -> Result<Option<u64>, ApiError> {
+    v.map(|v| u64::try_from(v).map_err(|_| error::invalid_request(format!("{name}: not an id"))))
+        .transpose()
+}
+
 /// The router of the API, and its OpenAPI document: each route is registered with the
 /// description its handler carries, so the document lists exactly the routes there are.
 pub fn routes(api: Arc<Api>) -> Http {

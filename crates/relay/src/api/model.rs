@@ -73,8 +73,9 @@ pub struct Search {
     /// or received, newest first; or our id, an MM4 message id, or a transaction id of ours:
     /// that MM.
     pub q: String,
-    /// The `next` of the previous page.
-    pub before: Option<u64>,
+    /// The `next` of the previous page (ids are int64 in the document).
+    #[param(minimum = 0)]
+    pub before: Option<i64>,
     /// MMs per page, 1–100 [50].
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<usize>,

@@ -17,7 +17,7 @@ use crate::api::{messages, queue};
 pub struct SearchForm {
     #[serde(default)]
     q: String,
-    before: Option<u64>,
+    before: Option<i64>,
 }
 
 /// The search form and, with `q`, one page of what it finds.

@@ -259,6 +259,37 @@ impl Spool for Postgres {
         Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
     }
 
+    async fn mailbox_page(
+        &self,
+        address: &str,
+        after: MsgId,
+        limit: usize,
+    ) -> Result<Vec<MsgId>, StoreError> {
+        let c = self.client().await?;
+        let after = after.min(i64::MAX as u64) as i64;
+        let rows = q(
+            &c,
+            "SELECT id FROM mailbox WHERE address = $1 AND id > $2 ORDER BY id LIMIT $3",
+            &[&address, &after, &(limit as i64)],
+        )
+        .await
+        .map_err(db)?;
+        Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
+    }
+
+    async fn filed(&self, address: &str, id: MsgId) -> Result<bool, StoreError> {
+        let c = self.client().await?;
+        let id = id.min(i64::MAX as u64) as i64;
+        Ok(q_opt(
+            &c,
+            "SELECT 1 FROM mailbox WHERE address = $1 AND id = $2",
+            &[&address, &id],
+        )
+        .await
+        .map_err(db)?
+        .is_some())
+    }
+
     async fn by_party(
         &self,
         party: &str,

@@ -106,13 +106,14 @@ pub async fn run_all(b: &impl Backend) {
     a_released_claim_is_not_kept_by_the_heartbeat(b).await;
     pacing_is_shared_by_every_owner(b).await;
     messages_are_found_by_party_newest_first_a_page_at_a_time(b).await;
+    mailboxes_are_read_a_page_at_a_time(b).await;
 }
 
 /// One test per check of the battery for a backend: `battery!(|| backend);`.
 #[macro_export]
 macro_rules! battery {
     ($backend:expr) => {
-        $crate::battery!(@each $backend; commit_is_atomic_and_survives_reopening, the_store_moves_the_due_entry_and_counts_queues, compare_and_set_by_version, claims_follow_due_order_per_queue_and_exclude_each_other, a_finished_claim_is_not_handed_out_again, an_expired_claim_is_taken_over_and_the_late_owner_is_refused, a_write_by_someone_else_ends_the_claim, renewing_keeps_a_claim, events_are_claimed_and_deleted_by_their_owner_only, all_or_nothing_applies_nothing_on_a_conflict, dedupe_files_once, named_jobs_have_one_owner, concurrent_claimers_never_share_work, concurrent_commits_share_syncs, nodes_report_heartbeats_and_claims, a_restarted_node_does_not_keep_its_old_claims, connection_slots_are_counted_across_owners, charging_records_have_one_exporter_and_are_finished_once, a_charging_record_can_depend_on_the_write_it_charges, ids_are_never_handed_out_twice_across_a_reopening, a_released_claim_is_not_kept_by_the_heartbeat, pacing_is_shared_by_every_owner, messages_are_found_by_party_newest_first_a_page_at_a_time);
+        $crate::battery!(@each $backend; commit_is_atomic_and_survives_reopening, the_store_moves_the_due_entry_and_counts_queues, compare_and_set_by_version, claims_follow_due_order_per_queue_and_exclude_each_other, a_finished_claim_is_not_handed_out_again, an_expired_claim_is_taken_over_and_the_late_owner_is_refused, a_write_by_someone_else_ends_the_claim, renewing_keeps_a_claim, events_are_claimed_and_deleted_by_their_owner_only, all_or_nothing_applies_nothing_on_a_conflict, dedupe_files_once, named_jobs_have_one_owner, concurrent_claimers_never_share_work, concurrent_commits_share_syncs, nodes_report_heartbeats_and_claims, a_restarted_node_does_not_keep_its_old_claims, connection_slots_are_counted_across_owners, charging_records_have_one_exporter_and_are_finished_once, a_charging_record_can_depend_on_the_write_it_charges, ids_are_never_handed_out_twice_across_a_reopening, a_released_claim_is_not_kept_by_the_heartbeat, pacing_is_shared_by_every_owner, messages_are_found_by_party_newest_first_a_page_at_a_time, mailboxes_are_read_a_page_at_a_time);
     };
     (@each $backend:expr; $($name:ident),*) => {
         $(
@@ -533,6 +534,52 @@ pub async fn dedupe_files_once(b: &impl Backend) {
     assert_eq!(s.mailbox("+1555").await.unwrap(), vec![a]);
     assert_eq!(s.dedupe("mm|origin|+1555").await.unwrap(), Some(a));
     assert_eq!(s.dedupe("other").await.unwrap(), None);
+    assert!(s.filed("+1555", a).await.unwrap());
+    assert!(
+        !s.filed("+1555", c).await.unwrap(),
+        "the duplicate is not filed"
+    );
+    assert!(
+        !s.filed("+15550", a).await.unwrap(),
+        "nor in another mailbox"
+    );
+}
+
+/// A mailbox is read a page at a time, oldest first, the next page after the last id seen.
+pub async fn mailboxes_are_read_a_page_at_a_time(b: &impl Backend) {
+    let s = b.fresh().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let id = s.next_id().await.unwrap();
+        let to = if i == 2 { "+1556" } else { "+1555" };
+        s.commit(vec![
+            put(id),
+            Op::Deliver {
+                dedupe_key: format!("mm{i}"),
+                address: to.into(),
+                id,
+            },
+        ])
+        .await
+        .unwrap();
+        if i != 2 {
+            ids.push(id);
+        }
+    }
+    let page1 = s.mailbox_page("+1555", 0, 3).await.unwrap();
+    assert_eq!(page1, ids[..3]);
+    let page2 = s.mailbox_page("+1555", page1[2], 3).await.unwrap();
+    assert_eq!(page2, ids[3..]);
+    assert!(s
+        .mailbox_page("+1555", page2[0], 3)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(s
+        .mailbox_page("+1555", MsgId::MAX, 3)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 pub async fn named_jobs_have_one_owner(b: &impl Backend) {
