@@ -5,11 +5,12 @@ use std::io::BufRead;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use maud::html;
 
 use super::layout::{self, error};
+use super::session::Session;
 use super::Console;
 use crate::cdr::summary::{csv_row, matches, CSV_COLUMNS};
 
@@ -19,15 +20,7 @@ pub struct DayForm {
 }
 
 /// The days with records, and the chosen day's counts by type and peer.
-pub async fn page(
-    State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    Query(f): Query<DayForm>,
-) -> Response {
-    let s = match c.session(&headers) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
+pub async fn page(State(c): State<Arc<Console>>, s: Session, Query(f): Query<DayForm>) -> Response {
     let days = c.charging.days();
     let day = f
         .day
@@ -90,13 +83,10 @@ pub struct DownloadForm {
 /// A day's records, filtered, as JSONL (the lines as written) or CSV.
 pub async fn download(
     State(c): State<Arc<Console>>,
-    headers: HeaderMap,
+    _: Session,
     Path(day): Path<String>,
     Query(f): Query<DownloadForm>,
 ) -> Response {
-    if let Err(r) = c.session(&headers) {
-        return r.into_response();
-    }
     let Some(path) = c.charging.file(&day) else {
         return error(StatusCode::NOT_FOUND, "no such day");
     };

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 
 use super::layout::{error, page, state, when};
+use super::session::Session;
 use super::{api_error, csrf_field, Console, CsrfOnly};
 use crate::api::model::Search;
 use crate::api::{messages, queue};
@@ -23,13 +24,9 @@ pub struct SearchForm {
 /// The search form and, with `q`, one page of what it finds.
 pub async fn search(
     State(c): State<Arc<Console>>,
-    headers: HeaderMap,
+    s: Session,
     Query(f): Query<SearchForm>,
 ) -> Response {
-    let s = match c.session(&headers) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
     let q = f.q.trim().to_string();
     let found = if q.is_empty() {
         None
@@ -90,13 +87,9 @@ fn urlencode(v: &str) -> String {
 /// One MM: what it is, each recipient's state and timeline, and what can be done.
 pub async fn message(
     State(c): State<Arc<Console>>,
-    headers: HeaderMap,
+    s: Session,
     Path(key): Path<String>,
 ) -> Response {
-    let s = match c.session(&headers) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
     let id = match c.api.find(&key).await {
         Ok(Some(id)) => id,
         Ok(None) => return error(StatusCode::NOT_FOUND, "no such message"),
@@ -148,14 +141,7 @@ pub async fn message(
 }
 
 /// The stored bytes of an MM (as received, or as we built it), as text.
-pub async fn raw(
-    State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    Path(key): Path<String>,
-) -> Response {
-    if let Err(r) = c.session(&headers) {
-        return r.into_response();
-    }
+pub async fn raw(State(c): State<Arc<Console>>, _: Session, Path(key): Path<String>) -> Response {
     let id = match c.api.find(&key).await {
         Ok(Some(id)) => id,
         Ok(None) => return error(StatusCode::NOT_FOUND, "no such message"),

@@ -64,8 +64,20 @@ impl Console {
     }
 }
 
+/// A page handler's operator: the request's session, or the way to the login form.
+impl axum::extract::FromRequestParts<Arc<Console>> for Session {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        c: &Arc<Console>,
+    ) -> Result<Self, Self::Rejection> {
+        c.session(&parts.headers)
+    }
+}
+
 /// Why a console request is not served.
-pub(crate) enum Refusal {
+pub enum Refusal {
     /// No session: to the login form.
     Login,
     /// A form without its session's CSRF token.

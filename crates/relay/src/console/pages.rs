@@ -9,16 +9,13 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 
 use super::layout::{page, when};
+use super::session::Session;
 use super::{api_error, chart, csrf_field, Console, CsrfOnly};
 use crate::api::{peers, queue};
 
 /// Traffic of the last hour per peer, queue depth, failures by MM4 status code, the store's
 /// health, and the nodes of the cluster.
-pub async fn overview(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    let s = match c.session(&headers) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
+pub async fn overview(State(c): State<Arc<Console>>, s: Session) -> Response {
     let api = &c.api;
     let hour = api.outbound.metrics.traffic.hour(c.now());
     let q = match queue::view(api).await {
@@ -62,11 +59,7 @@ pub async fn overview(State(c): State<Arc<Console>>, headers: HeaderMap) -> Resp
 
 /// Each peer: effective capabilities with their source, last EHLO, TLS, dialect, queue, last
 /// error, and pause / resume.
-pub async fn peers(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    let s = match c.session(&headers) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
+pub async fn peers(State(c): State<Arc<Console>>, s: Session) -> Response {
     let list = match peers::list(&c.api).await {
         Ok(l) => l,
         Err(e) => return api_error(e),
@@ -155,13 +148,9 @@ pub struct QueueForm {
 /// retry and give-up.
 pub async fn queue(
     State(c): State<Arc<Console>>,
-    headers: HeaderMap,
+    s: Session,
     Query(f): Query<QueueForm>,
 ) -> Response {
-    let s = match c.session(&headers) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
     let q = match queue::view(&c.api).await {
         Ok(q) => q,
         Err(e) => return api_error(e),
@@ -205,11 +194,7 @@ pub async fn queue(
 }
 
 /// The configuration in force, secrets redacted.
-pub async fn config(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    let s = match c.session(&headers) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
+pub async fn config(State(c): State<Arc<Console>>, s: Session) -> Response {
     let (cfg, from_file) = match &c.api.reloader {
         Some(r) => (r.running(), true),
         None => (c.started_with.clone(), false),
