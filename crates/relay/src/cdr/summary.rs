@@ -73,33 +73,32 @@ impl Summaries {
     }
 
     /// `day`'s records counted by type and peer, reading only what was appended since the
-    /// last look.
+    /// last look. One caller at a time (the exporter after an append, a page): the same bytes
+    /// are never counted twice over, nor the kept counts written by two at once. Blocking file
+    /// I/O: call it off the async workers.
     pub fn counts(&self, day: &str) -> std::io::Result<Counts> {
         let Some(path) = self.file(day) else {
             return Ok(Counts::new());
         };
-        let known = self
-            .days
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(day)
-            .cloned();
+        let mut days = self.days.lock().unwrap_or_else(|e| e.into_inner());
         let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        let mut d = known
-            .or_else(|| saved(&self.cache_file(day)))
-            .filter(|d| d.covered <= len)
-            .unwrap_or_default();
-        if len > d.covered {
-            count_from(&path, &mut d)?;
-            // A cache: a failed write only means the next start counts this day again.
-            let _ = save(&self.cache_file(day), &d);
-        }
+        let d = match days.remove(day) {
+            Some(d) => Some(d),
+            None => saved(&self.cache_file(day)),
+        };
+        let mut d = d.filter(|d| d.covered <= len).unwrap_or_default();
+        let result = if len > d.covered {
+            count_from(&path, &mut d).map(|()| {
+                // A cache: a failed write only means the next start counts this day again.
+                let _ = save(&self.cache_file(day), &d);
+            })
+        } else {
+            Ok(())
+        };
         let counts = d.counts.clone();
-        self.days
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(day.to_string(), d);
-        Ok(counts)
+        // Kept even after a read error: what it covers was counted.
+        days.insert(day.to_string(), d);
+        result.map(|()| counts)
     }
 }
 

@@ -27,10 +27,15 @@ pub async fn page(State(c): State<Arc<Console>>, s: Session, Query(f): Query<Day
         .filter(|d| days.contains(d))
         .or_else(|| days.first().cloned());
     let counts = match &day {
-        Some(d) => match c.charging.counts(d) {
-            Ok(counts) => counts,
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-        },
+        Some(d) => {
+            let (summaries, d) = (c.charging.clone(), d.clone());
+            // Reads the day file's tail: off the async workers.
+            match tokio::task::spawn_blocking(move || summaries.counts(&d)).await {
+                Ok(Ok(counts)) => counts,
+                Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            }
+        }
         None => Default::default(),
     };
     let peers: std::collections::BTreeSet<&String> =
