@@ -105,18 +105,27 @@ pub async fn download(
             )
         }
     };
-    let (t, p) = (f.record_type.clone(), f.peer.clone());
-    // Reading a day's file is proportional to what is downloaded: off the async workers.
-    let built =
-        tokio::task::spawn_blocking(move || render(&path, csv, t.as_deref(), p.as_deref())).await;
-    let body = match built {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return error(StatusCode::NOT_FOUND, "no such day")
         }
-        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
+    // The day's file is read and converted off the async workers and sent a chunk at a time:
+    // memory stays bounded however large the day.
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
+    let (t, p) = (f.record_type.clone(), f.peer.clone());
+    tokio::task::spawn_blocking(move || {
+        let mut send = |chunk: Vec<u8>| tx.blocking_send(Ok(chunk)).is_ok();
+        if let Err(e) = render(file, csv, t.as_deref(), p.as_deref(), &mut send) {
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    let body = axum::body::Body::from_stream(chunks);
     let (ext, ctype) = if csv {
         ("csv", "text/csv; charset=utf-8")
     } else {
@@ -135,38 +144,142 @@ pub async fn download(
         .into_response()
 }
 
-/// The file's whole lines that match, as JSONL or CSV.
+/// How much converted output is sent at once.
+const CHUNK: usize = 64 * 1024;
+
+/// Output gathered into chunks of about [`CHUNK`] for `send`, which says `false` when nobody
+/// listens any more (the download was given up: writing then fails, and reading stops).
+struct Chunks<'a> {
+    buf: Vec<u8>,
+    send: &'a mut dyn FnMut(Vec<u8>) -> bool,
+}
+
+impl std::io::Write for Chunks<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK + 4096));
+            if !(self.send)(chunk) {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
+            }
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Chunks<'_> {
+    /// Sends what is left.
+    fn finish(self) {
+        if !self.buf.is_empty() {
+            (self.send)(self.buf);
+        }
+    }
+}
+
+/// The file's whole lines that match, as JSONL or CSV, handed to `send` a chunk at a time.
 fn render(
-    path: &std::path::Path,
+    file: std::fs::File,
     csv: bool,
     t: Option<&str>,
     p: Option<&str>,
-) -> std::io::Result<Vec<u8>> {
-    let r = std::io::BufReader::new(std::fs::File::open(path)?);
-    let mut out = csv::Writer::from_writer(Vec::new());
-    let mut jsonl = Vec::new();
+    send: &mut dyn FnMut(Vec<u8>) -> bool,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = Chunks {
+        buf: Vec::with_capacity(CHUNK + 4096),
+        send,
+    };
+    let lines = std::io::BufReader::new(file).split(b'\n');
+    let wanted = |line: &std::io::Result<Vec<u8>>| {
+        line.as_ref()
+            .map_or(true, |l| !l.is_empty() && matches(l, t, p))
+    };
     if csv {
-        out.write_record(CSV_COLUMNS)
-            .map_err(std::io::Error::other)?;
-    }
-    for line in r.split(b'\n') {
-        let line = line?;
-        if line.is_empty() || !matches(&line, t, p) {
-            continue;
-        }
-        if csv {
-            if let Some(row) = csv_row(&line) {
-                out.write_record(&row).map_err(std::io::Error::other)?;
+        let mut w = csv::Writer::from_writer(out);
+        w.write_record(CSV_COLUMNS).map_err(std::io::Error::other)?;
+        for line in lines.filter(wanted) {
+            if let Some(row) = csv_row(&line?) {
+                w.write_record(&row).map_err(std::io::Error::other)?;
             }
-        } else {
-            jsonl.extend_from_slice(&line);
-            jsonl.push(b'\n');
+        }
+        out = w
+            .into_inner()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+    } else {
+        for line in lines.filter(wanted) {
+            out.write_all(&line?)?;
+            out.write_all(b"\n")?;
         }
     }
-    if csv {
-        out.into_inner()
-            .map_err(|e| std::io::Error::other(e.to_string()))
-    } else {
-        Ok(jsonl)
+    out.finish();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn day_file(lines: usize) -> (std::path::PathBuf, String) {
+        let path = std::env::temp_dir().join(format!("cdr-render-{}-{lines}", std::process::id()));
+        let mut text = String::new();
+        for i in 0..lines {
+            let (t, peer) = if i % 3 == 0 {
+                ("MMR4F", "b")
+            } else {
+                ("MMO4FRq", "c")
+            };
+            text.push_str(&format!(
+                "{{\"record_id\":\"{i}\",\"record_type\":\"{t}\",\"peer\":\"{peer}\",\"recipients\":[\"+1\",\"+2\"],\"size\":{i}}}\n"
+            ));
+        }
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        (path, text)
+    }
+
+    fn collect(path: &std::path::Path, csv: bool, t: Option<&str>) -> Vec<Vec<u8>> {
+        let mut chunks = Vec::new();
+        let mut send = |c: Vec<u8>| {
+            chunks.push(c);
+            true
+        };
+        render(std::fs::File::open(path).unwrap(), csv, t, None, &mut send).unwrap();
+        chunks
+    }
+
+    #[test]
+    fn a_large_day_goes_out_in_bounded_chunks_whole_and_filtered() {
+        let (path, text) = day_file(6000);
+        let jsonl = collect(&path, false, None);
+        assert!(jsonl.len() > 5, "{} chunks", jsonl.len());
+        assert!(jsonl.iter().all(|c| c.len() < CHUNK + 512));
+        assert_eq!(jsonl.concat(), text.as_bytes());
+        let csv = String::from_utf8(collect(&path, true, Some("MMR4F")).concat()).unwrap();
+        let rows: Vec<&str> = csv.lines().collect();
+        assert_eq!(rows[0], CSV_COLUMNS.join(","));
+        assert_eq!(rows.len(), 1 + 2000);
+        assert_eq!(rows[1], "0,MMR4F,,,b,,+1;+2,,,0,,");
+        // A download given up stops the reading.
+        let mut sent = 0;
+        let mut gone = |_: Vec<u8>| {
+            sent += 1;
+            false
+        };
+        let r = render(
+            std::fs::File::open(&path).unwrap(),
+            false,
+            None,
+            None,
+            &mut gone,
+        );
+        assert!(r.is_err() && sent == 1);
+        std::fs::remove_file(&path).unwrap();
     }
 }
