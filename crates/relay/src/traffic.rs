@@ -52,6 +52,16 @@ pub enum Outcome<'a> {
     Failed { status: &'a str },
 }
 
+impl Minute {
+    /// `peer`'s counts this minute (its name copied only the first time in the minute).
+    fn peer(&mut self, peer: &str) -> &mut Counts {
+        if !self.peers.contains_key(peer) {
+            self.peers.insert(peer.to_string(), Counts::default());
+        }
+        self.peers.get_mut(peer).expect("just inserted")
+    }
+}
+
 impl Traffic {
     fn with_minute(&self, at_ms: i64, f: impl FnOnce(&mut Minute)) {
         let at = at_ms.div_euclid(60_000);
@@ -82,22 +92,17 @@ impl Traffic {
 
     /// An MM (or any PDU) stored from `peer` at `at_ms`.
     pub fn received(&self, peer: &str, at_ms: i64) {
-        self.with_minute(at_ms, |m| {
-            m.peers.entry(peer.to_string()).or_default().received += 1
-        });
+        self.with_minute(at_ms, |m| m.peer(peer).received += 1);
     }
 
     /// One recipient's transaction result towards `peer` at `at_ms`.
     pub fn delivered(&self, peer: &str, outcome: Outcome<'_>, at_ms: i64) {
-        self.with_minute(at_ms, |m| {
-            let c = m.peers.entry(peer.to_string()).or_default();
-            match outcome {
-                Outcome::Sent => c.sent += 1,
-                Outcome::Deferred => c.deferred += 1,
-                Outcome::Failed { status } => {
-                    c.failed += 1;
-                    *m.failures.entry(status.to_string()).or_default() += 1;
-                }
+        self.with_minute(at_ms, |m| match outcome {
+            Outcome::Sent => m.peer(peer).sent += 1,
+            Outcome::Deferred => m.peer(peer).deferred += 1,
+            Outcome::Failed { status } => {
+                m.peer(peer).failed += 1;
+                *m.failures.entry(status.to_string()).or_default() += 1;
             }
         });
     }
