@@ -107,6 +107,20 @@ async fn text(c: &Client, css: &str) -> String {
     el(c, css).await.text().await.unwrap()
 }
 
+/// Waits, without reloading, until `css`'s text contains `want`.
+async fn until_shown(c: &Client, css: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(e) = c.find(Locator::Css(css)).await {
+            if e.text().await.unwrap_or_default().contains(want) {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{css} never showed {want:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Reloads the page until `css`'s text contains `want` (a real relay acts in its own time).
 async fn until_text(c: &Client, css: &str, want: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -213,6 +227,8 @@ async fn an_operator_works_the_relay_from_the_console() {
     let (code, v) = http_bearer("POST", &api, "/v1/reload", None, TOKEN);
     assert_eq!(code, 200, "{v}");
     el(&b, "#retry").await.click().await.unwrap();
+    // The retry has landed once its page shows it (a reload sooner would cancel the POST).
+    until_shown(&b, "#recipient-0", "retry requested").await;
     let r = until_text(&b, "#recipient-0", "forwarded").await;
     assert!(r.contains("retry requested"), "{r}");
     assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 1);
@@ -295,6 +311,8 @@ async fn an_operator_works_the_relay_from_the_console() {
     // Logging out ends the session.
     b.goto(&format!("{api}/console")).await.unwrap();
     el(&b, "header form button").await.click().await.unwrap();
+    // The logout has landed once the login form shows (going elsewhere sooner would cancel it).
+    el(&b, "#token").await;
     b.goto(&format!("{api}/console/queue")).await.unwrap();
     assert_at_login(&b).await;
     b.close().await.unwrap();
