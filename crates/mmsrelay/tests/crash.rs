@@ -1,7 +1,7 @@
 //! The crash test: the real binary under load from parallel clients, killed with SIGKILL at
 //! random moments and restarted, several times. Clients behave like real peers: a message
 //! without a `250` is sent again (same ids) once the relay is back. At the end every message
-//! that got a `250` is in the mailbox exactly once; duplicate arrivals (the crash fell between
+//! that got a `250` is in the mailbox exactly once, its body whole; duplicate arrivals (the crash fell between
 //! the commit and the reply) are counted, and MM4 de-duplication kept them out of the mailbox.
 
 mod common;

@@ -196,6 +196,7 @@ impl Inbound {
             originated: false,
             from: None,
             subject: None,
+            head_len: None,
         }
     }
 
@@ -255,6 +256,8 @@ impl Inbound {
         rec.transaction_id = Some(pdu.transaction_id.clone());
         rec.mm_message_id = pdu.mm_message_id().map(str::to_string);
         rec.originator_system = pdu.response_address().map(ToString::to_string);
+        // The parsed body is the tail of the received octets: what precedes it is the head.
+        rec.head_len = Some(msg.data.len() - pdu.body.as_ref().map_or(0, |b| b.bytes.len()));
 
         // With XMM4 SYNC the MM-level verdict is the reply (EXTENSIONS §1) — but only where we
         // are the recipient R/S: a transit hop cannot answer for the MMSE behind it, whose RES

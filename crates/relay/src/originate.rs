@@ -218,6 +218,7 @@ impl Originator {
             originated: true,
             from: pdu.from.as_ref().map(ToString::to_string),
             subject: None,
+            head_len: None,
         };
         let mut ops = vec![
             meta.put(id, bytes),

@@ -142,6 +142,10 @@ pub struct StoredMessage {
     pub from: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// Octets of the header section (blank line included) of a received MM4 PDU: what acting
+    /// on it reads back ([`store::Spool::head`]), not the whole body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_len: Option<usize>,
 }
 
 impl StoredMessage {

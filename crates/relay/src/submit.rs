@@ -488,6 +488,7 @@ fn ops(
         expires_at: Some(v.expires_ms),
         originated: true,
         from: Some(v.from.without_domain().to_string()),
+        head_len: None,
         subject: req.subject.clone(),
     };
     // The MM id finds the message too (GET /v1/messages/{mm id}, report correlation), and each

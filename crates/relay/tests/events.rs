@@ -27,6 +27,8 @@ struct Flaky {
     fail_reads: AtomicUsize,
     fail_commits: AtomicUsize,
     fail_cdr_deletes: AtomicUsize,
+    /// Whole bodies read so far.
+    body_reads: AtomicUsize,
 }
 
 impl Flaky {
@@ -36,6 +38,7 @@ impl Flaky {
             fail_reads: AtomicUsize::new(0),
             fail_commits: AtomicUsize::new(0),
             fail_cdr_deletes: AtomicUsize::new(0),
+            body_reads: AtomicUsize::new(0),
         }
     }
 
@@ -73,7 +76,11 @@ impl Spool for Flaky {
         self.inner().message(id).await
     }
     async fn body(&self, id: MsgId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.body_reads.fetch_add(1, Ordering::SeqCst);
         self.inner().body(id).await
+    }
+    async fn head(&self, id: MsgId, len: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner().head(id, len).await
     }
     async fn recipients(&self, id: MsgId) -> Result<Vec<RecipientRow>, StoreError> {
         self.inner().recipients(id).await
@@ -279,20 +286,31 @@ fn stored(
         originated: false,
         from: None,
         subject: None,
+        head_len: None,
     }
 }
 
-/// A forward from operator B for our subscriber, asking for its RES, as inbound stores it.
-async fn forward_received(s: &Setup) -> MsgId {
-    let body = "X-Mms-3GPP-MMS-Version: 6.16.0\r\nX-Mms-Message-Type: MM4_forward.REQ\r\n\
+const FORWARD_HEAD: &str = "X-Mms-3GPP-MMS-Version: 6.16.0\r\n\
+X-Mms-Message-Type: MM4_forward.REQ\r\n\
 X-Mms-Transaction-ID: \"T-1\"\r\nX-Mms-Message-ID: \"M-1@mms.mnc002.mcc262.gprs\"\r\n\
 From: +491721234567/TYPE=PLMN\r\nTo: +15550000001/TYPE=PLMN\r\nX-Mms-Ack-Request: Yes\r\n\
 X-Mms-Originator-System: system-user@mms.mnc002.mcc262.gprs\r\n\
-Content-Type: text/plain\r\n\r\nhello\r\n";
+Content-Type: text/plain\r\n\r\n";
+
+/// A forward from operator B for our subscriber, asking for its RES, as inbound stores it.
+async fn forward_received(s: &Setup) -> MsgId {
+    forward_with(s, "hello\r\n", Some(FORWARD_HEAD.len())).await
+}
+
+/// The same forward with `content` after its headers; `head_len` as recorded at intake (`None`:
+/// as stored before heads were recorded).
+async fn forward_with(s: &Setup, content: &str, head_len: Option<usize>) -> MsgId {
+    let body = format!("{FORWARD_HEAD}{content}");
     let id = s.store.next_id().await.unwrap();
     let meta = StoredMessage {
         mm_message_id: Some("M-1@mms.mnc002.mcc262.gprs".into()),
         originator_system: Some("system-user@mms.mnc002.mcc262.gprs".into()),
+        head_len,
         ..stored(
             s,
             "MM4_forward.REQ",
@@ -383,6 +401,41 @@ fn lines_in(dir: &std::path::Path, kind: &str) -> Vec<String> {
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+#[tokio::test]
+async fn a_forward_is_acted_on_by_its_headers_without_reading_its_content() {
+    // Defect (a cost): the event re-read the whole body to parse the headers again — at intake
+    // of 100 KB MMs that read was a fifth of the relay's CPU.
+    let s = setup();
+    let content = "x".repeat(100 * 1024) + "\r\n";
+    forward_with(&s, &content, Some(FORWARD_HEAD.len())).await;
+    assert_eq!(pass(&s).await, 1);
+    assert_eq!(
+        s.store.body_reads.load(Ordering::SeqCst),
+        0,
+        "content not read"
+    );
+    assert_eq!(res_queued(&s).await, 1, "the RES is queued");
+    while s.exporter.export_once().await.unwrap() > 0 {}
+    let lines = lines_in(&s.cdr_dir, "MMR4F");
+    assert_eq!(lines.len(), 1);
+    let size = FORWARD_HEAD.len() + content.len();
+    assert!(
+        lines[0].contains(&format!("\"size\":{size}")),
+        "{}",
+        lines[0]
+    );
+}
+
+#[tokio::test]
+async fn a_forward_stored_before_heads_were_recorded_is_acted_on_from_its_body() {
+    let s = setup();
+    forward_with(&s, "hello\r\n", None).await;
+    assert_eq!(pass(&s).await, 1);
+    assert_eq!(s.store.body_reads.load(Ordering::SeqCst), 1);
+    assert_eq!(res_queued(&s).await, 1, "the RES is queued");
+    assert_eq!(cdr_lines(&s, "MMR4F").await, 1);
 }
 
 #[tokio::test]

@@ -493,6 +493,7 @@ Content-Transfer-Encoding: 8bit\r\n\r\nGrüße aus Paris\r\n--b--\r\n";
         originated: false,
         from: None,
         subject: None,
+        head_len: None,
     };
     let mut st = RecipientState::new(
         "+491721111111/TYPE=PLMN@mms.mnc002.mcc262.gprs".into(),

@@ -339,6 +339,9 @@ pub trait Spool: Send + Sync {
 
     async fn message(&self, id: MsgId) -> Result<Option<Vec<u8>>, StoreError>;
     async fn body(&self, id: MsgId) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The first `len` octets of a body (all of it when shorter): what acting on an MM's
+    /// headers needs, without reading its content.
+    async fn head(&self, id: MsgId, len: usize) -> Result<Option<Vec<u8>>, StoreError>;
     async fn recipients(&self, id: MsgId) -> Result<Vec<RecipientRow>, StoreError>;
     async fn mailbox(&self, address: &str) -> Result<Vec<MsgId>, StoreError>;
     /// One page of a mailbox, oldest first: ids above `after`, at most `limit` (an index range

@@ -15,10 +15,19 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 
 use crate::contract::*;
 use crate::lease::Leases;
+use crate::segments::{self, BodyAt};
 use crate::writer::{Batch, Job, Writer};
 
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
+/// Bodies of at most [`INLINE`] octets (and every body stored before segment files existed).
 const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
+/// Larger bodies: where each is in the segment files ([`BodyAt`]), then its first [`INLINE`]
+/// octets.
+const BODY_AT: TableDefinition<u64, &[u8]> = TableDefinition::new("body_at");
+/// Bodies up to this size stay in the B-tree: RES mails, reports and DSNs are read back by the
+/// event processor at once, from cached pages. Of larger ones (MMs) this much is kept with
+/// their place: the event processor acts on an MM's header section without touching the disk.
+const INLINE: usize = 4096;
 const RECIPIENTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("recipients.v2");
 /// (queue, due at, message, recipient).
 const DUE: TableDefinition<(&str, u64, u64, u32), ()> = TableDefinition::new("due.v2");
@@ -55,6 +64,7 @@ struct Shared {
     cdr_marks: Mutex<HashMap<MsgId, (String, u64)>>,
     /// Spacing of work per key (one process: in memory).
     pacer: crate::pace::Pacer,
+    bodies: segments::Reader,
 }
 
 impl Shared {
@@ -133,6 +143,7 @@ impl Embedded {
         {
             txn.open_table(MESSAGES).map_err(db_err)?;
             txn.open_table(BODIES).map_err(db_err)?;
+            txn.open_table(BODY_AT).map_err(db_err)?;
             txn.open_table(RECIPIENTS).map_err(db_err)?;
             txn.open_table(DUE).map_err(db_err)?;
             txn.open_table(MAILBOX).map_err(db_err)?;
@@ -171,11 +182,15 @@ impl Embedded {
             heartbeats: Mutex::new(HashMap::new()),
             cdr_marks: Mutex::new(HashMap::new()),
             pacer: Default::default(),
+            bodies: segments::Reader::new(&dir.join("bodies")),
         });
+        let appender =
+            segments::Appender::open(&dir.join("bodies")).map_err(|e| open_err(e.to_string()))?;
         let stats = Arc::new(Stats::default());
         let writer = Writer::spawn(
             Apply {
                 shared: shared.clone(),
+                bodies: appender,
             },
             stats.clone(),
             MAX_BATCH,
@@ -190,6 +205,35 @@ impl Embedded {
         })
     }
 
+    /// Where a body is in the segment files and its first octets (`None`: not there — a small
+    /// body, one stored before segment files existed, or no such message).
+    fn body_at(&self, id: MsgId) -> Result<Option<(BodyAt, Vec<u8>)>, StoreError> {
+        let Some(mut rec) = self.read(|r| get_bytes(r, BODY_AT, id))? else {
+            return Ok(None);
+        };
+        let at = rec
+            .get(..BodyAt::ENCODED)
+            .and_then(BodyAt::decode)
+            .ok_or_else(|| StoreError::Corrupt {
+                what: format!("body place of message {id}"),
+                reason: "short record".into(),
+            })?;
+        rec.drain(..BodyAt::ENCODED);
+        Ok(Some((at, rec)))
+    }
+
+    /// Reads from a segment file off the async workers: a body written with `O_DIRECT` is not
+    /// in the page cache, and a worker must not wait for the disk.
+    async fn read_segment(
+        &self,
+        f: impl FnOnce(&segments::Reader) -> Result<Vec<u8>, StoreError> + Send + 'static,
+    ) -> Result<Vec<u8>, StoreError> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || f(&shared.bodies))
+            .await
+            .map_err(|e| StoreError::Db(format!("body read: {e}")))?
+    }
+
     fn read<T>(
         &self,
         f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError>,
@@ -202,12 +246,14 @@ impl Embedded {
 /// The writer side of the embedded store.
 struct Apply {
     shared: Arc<Shared>,
+    bodies: segments::Appender,
 }
 
 /// Tables of one write transaction.
 struct Tables<'t> {
     messages: redb::Table<'t, u64, &'static [u8]>,
     bodies: redb::Table<'t, u64, &'static [u8]>,
+    body_at: redb::Table<'t, u64, &'static [u8]>,
     recipients: redb::Table<'t, RcptKey, &'static [u8]>,
     due: redb::Table<'t, (&'static str, u64, u64, u32), ()>,
     mailbox: redb::Table<'t, (&'static str, u64), ()>,
@@ -228,6 +274,8 @@ struct AfterCommit {
     depth: HashMap<String, i64>,
     /// Charging records written out and deleted: their marks end.
     cdrs_done: Vec<MsgId>,
+    /// Where this batch's bodies were written (durable before the transaction begins).
+    bodies: HashMap<MsgId, BodyAt>,
 }
 
 impl Apply {
@@ -337,7 +385,18 @@ impl Apply {
                 parties,
             } => {
                 t.messages.insert(*id, meta.as_slice()).map_err(db_err)?;
-                t.bodies.insert(*id, body.as_slice()).map_err(db_err)?;
+                if body.len() <= INLINE {
+                    t.bodies.insert(*id, body.as_slice()).map_err(db_err)?;
+                } else {
+                    let at = after.bodies.get(id).ok_or_else(|| StoreError::Corrupt {
+                        what: format!("message {id}"),
+                        reason: "body not written".into(),
+                    })?;
+                    let mut rec = Vec::with_capacity(BodyAt::ENCODED + INLINE);
+                    rec.extend_from_slice(&at.encode());
+                    rec.extend_from_slice(&body[..INLINE]);
+                    t.body_at.insert(*id, rec.as_slice()).map_err(db_err)?;
+                }
                 for party in parties {
                     t.parties
                         .insert((party.as_str(), *id), ())
@@ -435,6 +494,27 @@ impl Apply {
         })
     }
 
+    /// Appends the batch's bodies to the segment files, durably, before any metadata refers to
+    /// them (a failure fails the whole batch: nothing of it is committed).
+    fn write_bodies(&mut self, batch: &[Job], after: &mut AfterCommit) -> Result<(), StoreError> {
+        let bodies: Vec<(MsgId, &[u8])> = batch
+            .iter()
+            .flat_map(|job| &job.ops)
+            .filter_map(|op| match op {
+                Op::PutMessage { id, body, .. } if body.len() > INLINE => {
+                    Some((*id, body.as_slice()))
+                }
+                _ => None,
+            })
+            .collect();
+        let placed = self
+            .bodies
+            .append(&bodies)
+            .map_err(|e| StoreError::Db(format!("writing bodies: {e}")))?;
+        after.bodies.extend(placed);
+        Ok(())
+    }
+
     #[allow(clippy::type_complexity)]
     fn write(
         &self,
@@ -448,6 +528,7 @@ impl Apply {
             let mut t = Tables {
                 messages: txn.open_table(MESSAGES).map_err(db_err)?,
                 bodies: txn.open_table(BODIES).map_err(db_err)?,
+                body_at: txn.open_table(BODY_AT).map_err(db_err)?,
                 recipients: txn.open_table(RECIPIENTS).map_err(db_err)?,
                 due: txn.open_table(DUE).map_err(db_err)?,
                 mailbox: txn.open_table(MAILBOX).map_err(db_err)?,
@@ -486,6 +567,7 @@ impl Batch for Apply {
         batch: &[Job],
     ) -> Result<Vec<Result<Vec<OpResult>, StoreError>>, StoreError> {
         let mut after = AfterCommit::default();
+        self.write_bodies(batch, &mut after)?;
         let r = self.write(batch, &mut after);
         let mut leases = self.shared.leases();
         // Durable: the claims these writes finished are over. Failed: they stand as before.
@@ -549,7 +631,27 @@ impl Spool for Embedded {
     }
 
     async fn body(&self, id: MsgId) -> Result<Option<Vec<u8>>, StoreError> {
-        self.read(|r| get_bytes(r, BODIES, id))
+        match self.body_at(id)? {
+            Some((at, _)) => self.read_segment(move |r| r.read(id, at)).await.map(Some),
+            None => self.read(|r| get_bytes(r, BODIES, id)),
+        }
+    }
+
+    async fn head(&self, id: MsgId, len: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.body_at(id)? {
+            Some((_, mut first)) if len <= first.len() => {
+                first.truncate(len);
+                Ok(Some(first))
+            }
+            Some((at, _)) => self
+                .read_segment(move |r| r.read_head(id, at, len))
+                .await
+                .map(Some),
+            None => Ok(self.read(|r| get_bytes(r, BODIES, id))?.map(|mut b| {
+                b.truncate(len);
+                b
+            })),
+        }
     }
 
     async fn recipients(&self, id: MsgId) -> Result<Vec<RecipientRow>, StoreError> {
@@ -940,6 +1042,30 @@ pub fn free_space(dir: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_body_stored_in_the_table_before_segments_is_still_read() {
+        let dir = std::env::temp_dir().join(format!("embedded-old-body-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = Embedded::open(&dir).unwrap();
+        // As an older version wrote it: the body in the B-tree, no place in a segment.
+        let txn = s.shared.db.begin_write().unwrap();
+        txn.open_table(BODIES)
+            .unwrap()
+            .insert(7, b"headers\r\n\r\ncontent".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        assert_eq!(
+            s.body(7).await.unwrap().as_deref(),
+            Some(b"headers\r\n\r\ncontent".as_slice())
+        );
+        assert_eq!(
+            s.head(7, 11).await.unwrap().as_deref(),
+            Some(b"headers\r\n\r\n".as_slice())
+        );
+        drop(s);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn rows_round_trip() {

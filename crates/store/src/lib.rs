@@ -8,6 +8,9 @@
 //! - [`lease`]: the claim table (owner, expiry, fencing token) for backends that keep claims in
 //!   memory (one node: the claims die with the process that holds them).
 //! - [`embedded`]: the backend on `redb`, one file, one writer thread.
+//! - [`segments`]: the embedded backend's message bodies, appended a commit batch at a time to
+//!   segment files (`O_DIRECT` where the file system takes it) and synced before the batch's
+//!   metadata commits.
 //! - [`postgres`]: the backend shared by the nodes of a cluster, claims in the rows.
 //!
 //! The conformance battery in `tests/conformance` states the contract as tests and runs against
@@ -18,6 +21,7 @@ pub mod embedded;
 pub mod lease;
 pub mod pace;
 pub mod postgres;
+pub mod segments;
 pub mod writer;
 
 pub use contract::*;

@@ -17,11 +17,12 @@ impl Events {
         fx: &mut Effects,
         id: MsgId,
         meta: &StoredMessage,
-        body: &[u8],
+        // Its header section (or, stored before heads were recorded, the whole body).
+        head: &[u8],
         owe_res: bool,
         local: &[String],
     ) -> Result<(), EventError> {
-        let Ok(pdu) = mm4::parse(body) else {
+        let Ok(pdu) = mm4::parse(head) else {
             tracing::warn!(id, "stored forward no longer parses");
             return Ok(());
         };
@@ -44,7 +45,7 @@ impl Events {
                 meta.peer.clone(),
                 &pdu,
                 None,
-                body.len(),
+                meta.size,
             );
             self.schedule_expired_reports(fx, id, meta, &pdu, local)
                 .await?;

@@ -270,12 +270,20 @@ impl Events {
     /// The changes one event causes (committed together with its deletion).
     pub async fn handle(&self, id: MsgId, ev: Event) -> Result<Effects, EventError> {
         let mut fx = Effects::default();
-        let (Some(meta), Some(body)) = (self.store.message(id).await?, self.store.body(id).await?)
-        else {
+        let Some(meta) = self.store.message(id).await? else {
             tracing::error!(id, "event for a message that is not stored: deleted");
             return Ok(fx);
         };
         let meta: StoredMessage = from_bytes("message", &meta)?;
+        // A forward is acted on by its headers: its content (most of its size) stays unread.
+        let body = match (&ev, meta.head_len) {
+            (Event::ForwardReceived { .. }, Some(len)) => self.store.head(id, len).await?,
+            _ => self.store.body(id).await?,
+        };
+        let Some(body) = body else {
+            tracing::error!(id, "event for a message without a body: deleted");
+            return Ok(fx);
+        };
         match ev {
             Event::ForwardReceived {
                 ack_request,

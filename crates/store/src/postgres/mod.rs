@@ -234,6 +234,20 @@ impl Spool for Postgres {
             .await
     }
 
+    async fn head(&self, id: MsgId, len: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        // Bodies are stored EXTERNAL (uncompressed): a substring reads only the chunks it needs.
+        let len = i32::try_from(len).unwrap_or(i32::MAX);
+        let c = self.client().await?;
+        let row = q_opt(
+            &c,
+            "SELECT substring(body FROM 1 FOR $2) FROM bodies WHERE id = $1",
+            &[&(id as i64), &len],
+        )
+        .await
+        .map_err(db)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
     async fn recipients(&self, id: MsgId) -> Result<Vec<RecipientRow>, StoreError> {
         let c = self.client().await?;
         let rows = q(

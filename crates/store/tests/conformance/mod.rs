@@ -107,13 +107,14 @@ pub async fn run_all(b: &impl Backend) {
     pacing_is_shared_by_every_owner(b).await;
     messages_are_found_by_party_newest_first_a_page_at_a_time(b).await;
     mailboxes_are_read_a_page_at_a_time(b).await;
+    bodies_of_a_shared_commit_come_back_whole_and_by_their_head(b).await;
 }
 
 /// One test per check of the battery for a backend: `battery!(|| backend);`.
 #[macro_export]
 macro_rules! battery {
     ($backend:expr) => {
-        $crate::battery!(@each $backend; commit_is_atomic_and_survives_reopening, the_store_moves_the_due_entry_and_counts_queues, compare_and_set_by_version, claims_follow_due_order_per_queue_and_exclude_each_other, a_finished_claim_is_not_handed_out_again, an_expired_claim_is_taken_over_and_the_late_owner_is_refused, a_write_by_someone_else_ends_the_claim, renewing_keeps_a_claim, events_are_claimed_and_deleted_by_their_owner_only, all_or_nothing_applies_nothing_on_a_conflict, dedupe_files_once, named_jobs_have_one_owner, concurrent_claimers_never_share_work, concurrent_commits_share_syncs, nodes_report_heartbeats_and_claims, a_restarted_node_does_not_keep_its_old_claims, connection_slots_are_counted_across_owners, charging_records_have_one_exporter_and_are_finished_once, a_charging_record_can_depend_on_the_write_it_charges, ids_are_never_handed_out_twice_across_a_reopening, a_released_claim_is_not_kept_by_the_heartbeat, pacing_is_shared_by_every_owner, messages_are_found_by_party_newest_first_a_page_at_a_time, mailboxes_are_read_a_page_at_a_time);
+        $crate::battery!(@each $backend; commit_is_atomic_and_survives_reopening, the_store_moves_the_due_entry_and_counts_queues, compare_and_set_by_version, claims_follow_due_order_per_queue_and_exclude_each_other, a_finished_claim_is_not_handed_out_again, an_expired_claim_is_taken_over_and_the_late_owner_is_refused, a_write_by_someone_else_ends_the_claim, renewing_keeps_a_claim, events_are_claimed_and_deleted_by_their_owner_only, all_or_nothing_applies_nothing_on_a_conflict, dedupe_files_once, named_jobs_have_one_owner, concurrent_claimers_never_share_work, concurrent_commits_share_syncs, nodes_report_heartbeats_and_claims, a_restarted_node_does_not_keep_its_old_claims, connection_slots_are_counted_across_owners, charging_records_have_one_exporter_and_are_finished_once, a_charging_record_can_depend_on_the_write_it_charges, ids_are_never_handed_out_twice_across_a_reopening, a_released_claim_is_not_kept_by_the_heartbeat, pacing_is_shared_by_every_owner, messages_are_found_by_party_newest_first_a_page_at_a_time, mailboxes_are_read_a_page_at_a_time, bodies_of_a_shared_commit_come_back_whole_and_by_their_head);
     };
     (@each $backend:expr; $($name:ident),*) => {
         $(
@@ -980,4 +981,52 @@ pub async fn messages_are_found_by_party_newest_first_a_page_at_a_time(b: &impl 
         s.by_party("+1", MsgId::MAX, 10).await.unwrap(),
         newest_first
     );
+}
+
+/// Bodies of every size committed by concurrent callers (sharing commits) come back whole, and
+/// a head is a body's first octets — after a reopening too.
+pub async fn bodies_of_a_shared_commit_come_back_whole_and_by_their_head(b: &impl Backend) {
+    let s = b.fresh().await;
+    let sizes = [
+        0usize,
+        1,
+        100,
+        4095,
+        4096,
+        4097,
+        100 * 1024,
+        1 << 20,
+        (5 << 20) + 3,
+    ];
+    let mut commits = Vec::new();
+    let mut bodies = Vec::new();
+    for (i, n) in sizes.iter().enumerate() {
+        let id = s.next_id().await.unwrap();
+        let body: Vec<u8> = (0..*n).map(|k| (k % 251) as u8 ^ i as u8).collect();
+        bodies.push((id, body.clone()));
+        commits.push(s.commit(vec![Op::PutMessage {
+            id,
+            meta: b"m".to_vec(),
+            body,
+            parties: vec![],
+        }]));
+    }
+    for c in commits {
+        assert_eq!(c.await.unwrap(), vec![OpResult::Done]);
+    }
+    let check = |s: Arc<dyn Spool>, bodies: Vec<(MsgId, Vec<u8>)>| async move {
+        for (id, body) in &bodies {
+            assert_eq!(s.body(*id).await.unwrap().as_ref(), Some(body), "body {id}");
+            for len in [0, 10, 5000, usize::MAX] {
+                let head = s.head(*id, len).await.unwrap().unwrap();
+                assert_eq!(head, body[..len.min(body.len())], "head {len} of {id}");
+            }
+        }
+        assert_eq!(s.body(999_999_999).await.unwrap(), None);
+        assert_eq!(s.head(999_999_999, 10).await.unwrap(), None);
+        s
+    };
+    let s = check(s, bodies.clone()).await;
+    let s = b.reopen(s).await;
+    check(s, bodies).await;
 }
