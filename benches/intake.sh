@@ -45,7 +45,11 @@ echo "message: $(wc -c < "$WORK/forward.eml") bytes, $MSGS messages over $SESS s
 
 P_SECS=$(run_load "$PPORT")
 P_QUEUED=$(postfix_queue_size "$WORK/postfix")
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # user + system, in clock ticks
+T0=$(cpu_ticks "$RPID")
 R_SECS=$(run_load "$RPORT")
+sleep 2   # the events of the last MMs (RES, charging) are handled after their 250
+T1=$(cpu_ticks "$RPID")
 kill -TERM "$RPID"; wait "$RPID" || true
 STATS=$(grep -o 'commits=[0-9]* syncs=[0-9]*' "$WORK/relay.log" | tail -1)
 COMMITS=$(echo "$STATS" | sed -E 's/commits=([0-9]+).*/\1/')
@@ -55,6 +59,8 @@ P_RATE=$(echo "$MSGS / $P_SECS" | bc -l)
 R_RATE=$(echo "$MSGS / $R_SECS" | bc -l)
 printf '\n%-32s %12s %12s %10s\n' "durable intake (100 KB MM4)" "msg/s" "seconds" "ratio"
 printf '%-32s %12.0f %12.2f %10s\n' "postfix smtpd (queue on disk)" "$P_RATE" "$P_SECS" "1.00"
-printf '%-32s %12.0f %12.2f %10.2f\n' "mmsrelay (redb, group commit)" "$R_RATE" "$R_SECS" "$(echo "$R_RATE / $P_RATE" | bc -l)"
-printf '\nmmsrelay: %s commits in %s fsync batches = %.3f fsyncs per message; postfix queued %s files\n' \
+printf '%-32s %12.0f %12.2f %10.2f\n' "mmsrelay (group commit)" "$R_RATE" "$R_SECS" "$(echo "$R_RATE / $P_RATE" | bc -l)"
+printf '\nmmsrelay CPU: %.0f µs per message (user + system, intake and its events)\n' \
+  "$(echo "($T1 - $T0) * 1000000 / $(getconf CLK_TCK) / $MSGS" | bc -l)"
+printf 'mmsrelay: %s commits in %s fsync batches = %.3f fsyncs per message; postfix queued %s files\n' \
   "$COMMITS" "$SYNCS" "$(echo "$SYNCS / $COMMITS" | bc -l)" "$P_QUEUED"
