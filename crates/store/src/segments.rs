@@ -25,6 +25,8 @@ const ALIGN: usize = 4096;
 const CHUNK: usize = 4 << 20;
 /// A segment takes no new batch once it is this large.
 const SEGMENT_BYTES: u64 = 256 << 20;
+/// Segment files a reader keeps open at most (descriptors are shared with SMTP sessions).
+const OPEN_FOR_READING: usize = 64;
 
 /// Where a body is: its segment, offset and length, and a CRC-32 of its octets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,6 +274,11 @@ impl Reader {
             return Ok(f.clone());
         }
         let f = Arc::new(File::open(segment_path(&self.dir, segment))?);
+        if files.len() >= OPEN_FOR_READING {
+            // Old MMs are read seldom: start over rather than hold a descriptor per segment
+            // (reads under way keep theirs).
+            files.clear();
+        }
         files.insert(segment, f.clone());
         Ok(f)
     }
@@ -371,6 +378,31 @@ mod tests {
             assert_eq!(&r.read(*id, *at).unwrap(), b, "body {id}");
         }
         assert_eq!(r.read(99, later[0].1).unwrap(), last);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_reader_holds_a_bounded_number_of_segments_open() {
+        let dir = std::env::temp_dir().join(format!("segments-many-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // Every process start begins a segment: as many as a long-lived store gathers.
+        let mut placed = Vec::new();
+        for i in 0..(OPEN_FOR_READING as u64 + 6) {
+            let b = body(100, i as u8);
+            let at = Appender::open(&dir)
+                .unwrap()
+                .append(&[(i, b.as_slice())])
+                .unwrap()[0]
+                .1;
+            placed.push((i, at, b));
+        }
+        let r = Reader::new(&dir);
+        for _ in 0..2 {
+            for (id, at, b) in &placed {
+                assert_eq!(&r.read(*id, *at).unwrap(), b);
+                assert!(r.files.lock().unwrap().len() <= OPEN_FOR_READING);
+            }
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
