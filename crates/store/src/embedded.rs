@@ -1,6 +1,8 @@
-//! The embedded backend: one `redb` file, one writer thread (group commit), claims in memory.
+//! The embedded backend: one `redb` file and the body segment files beside it
+//! ([`crate::segments`]), one writer thread (group commit), claims in memory.
 //!
-//! Tables: messages and bodies (each written once), recipients (version, due, queue, state in
+//! Tables: messages and small bodies (each written once), the place of each larger body in the
+//! segments with its first 4 KiB, recipients (version, due, queue, state in
 //! one row), the due index per queue, mailboxes, de-duplication keys, events, capability records
 //! and small named index records. Queue depths are counted as commits land, so the API never
 //! scans the queue.
