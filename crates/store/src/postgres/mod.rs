@@ -155,6 +155,13 @@ impl Postgres {
         let c = self.client().await?;
         Ok(q_opt(&c, sql, &[key]).await.map_err(db)?.map(|r| r.get(0)))
     }
+
+    /// The message ids a query's first column lists, in its order.
+    async fn ids(&self, sql: &str, params: Params<'_>) -> Result<Vec<MsgId>, StoreError> {
+        let c = self.client().await?;
+        let rows = q(&c, sql, params).await.map_err(db)?;
+        Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
+    }
 }
 
 type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)];
@@ -262,15 +269,11 @@ impl Spool for Postgres {
     }
 
     async fn mailbox(&self, address: &str) -> Result<Vec<MsgId>, StoreError> {
-        let c = self.client().await?;
-        let rows = q(
-            &c,
+        self.ids(
             "SELECT id FROM mailbox WHERE address = $1 ORDER BY id",
             &[&address],
         )
         .await
-        .map_err(db)?;
-        Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
     }
 
     async fn mailbox_page(
@@ -279,16 +282,12 @@ impl Spool for Postgres {
         after: MsgId,
         limit: usize,
     ) -> Result<Vec<MsgId>, StoreError> {
-        let c = self.client().await?;
         let after = after.min(i64::MAX as u64) as i64;
-        let rows = q(
-            &c,
+        self.ids(
             "SELECT id FROM mailbox WHERE address = $1 AND id > $2 ORDER BY id LIMIT $3",
             &[&address, &after, &(limit as i64)],
         )
         .await
-        .map_err(db)?;
-        Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
     }
 
     async fn filed(&self, address: &str, id: MsgId) -> Result<bool, StoreError> {
@@ -310,16 +309,12 @@ impl Spool for Postgres {
         before: MsgId,
         limit: usize,
     ) -> Result<Vec<MsgId>, StoreError> {
-        let c = self.client().await?;
         let before = before.min(i64::MAX as u64) as i64;
-        let rows = q(
-            &c,
+        self.ids(
             "SELECT id FROM parties WHERE party = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
             &[&party, &before, &(limit as i64)],
         )
         .await
-        .map_err(db)?;
-        Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
     }
 
     async fn dedupe(&self, key: &str) -> Result<Option<MsgId>, StoreError> {
