@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod client;
 mod demo;
 mod inspect;
+mod memory;
 mod probe;
 mod serve;
 
@@ -181,6 +182,7 @@ fn runtime(cmd: &str) -> Result<tokio::runtime::Runtime, ExitCode> {
 }
 
 fn main() -> ExitCode {
+    memory::keep_freed_memory_for_reuse();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, log_format } => {
