@@ -267,6 +267,12 @@ pub struct Session {
     auth_user: Option<String>,
 }
 
+/// Room for one read while message data flows: the reads of a 100 KB message are a few
+/// instead of 25 (one `recv` per 4 KiB was the largest syscall count per MM in the profile).
+const DATA_READ: usize = 64 * 1024;
+/// Room for one read of commands, and about what an idle session keeps.
+const COMMAND_READ: usize = 4096;
+
 impl Session {
     pub fn new(cfg: Arc<ServerConfig>, policy: Arc<dyn Policy>, peer: PeerInfo) -> Self {
         Session {
@@ -303,18 +309,20 @@ impl Session {
 
     /// The buffer to read into: bytes appended to it are input for the next `poll`.
     pub fn input_buffer(&mut self) -> &mut Vec<u8> {
+        let data = self.in_data();
         if self.pos == self.input.len() {
             self.input.clear();
             self.pos = 0;
-            // Give memory back after a large message: idle sessions must stay small.
-            if self.input.capacity() > 64 * 1024 {
-                self.input.shrink_to(4096);
+            // Give memory back between messages: idle sessions must stay small.
+            if !data && self.input.capacity() > 2 * COMMAND_READ {
+                self.input.shrink_to(COMMAND_READ);
             }
         } else if self.pos > 0 && self.pos >= self.input.len() / 2 {
             self.input.drain(..self.pos);
             self.pos = 0;
         }
-        self.input.reserve(4096);
+        self.input
+            .reserve(if data { DATA_READ } else { COMMAND_READ });
         &mut self.input
     }
 

@@ -181,6 +181,35 @@ fn a_whole_transaction_with_data() {
     assert!(h.closed);
 }
 
+/// Message data is read in large pieces (few `recv`s per message), commands in small ones, and
+/// a session between messages keeps no more than a command's room.
+#[test]
+fn data_is_read_in_large_pieces_and_the_room_is_given_back_after() {
+    let mut h = Harness::with(ServerConfig {
+        max_message_size: 1_000_000,
+        ..config()
+    });
+    h.open_tx();
+    let room = |s: &mut Session| {
+        let b = s.input_buffer();
+        b.capacity() - b.len()
+    };
+    assert!(room(&mut h.s) < 16 * 1024, "commands: {}", room(&mut h.s));
+    h.send(b"DATA\r\n");
+    assert!(room(&mut h.s) >= 64 * 1024, "data: {}", room(&mut h.s));
+    let line = [b"x".repeat(998), b"\r\n".to_vec()].concat();
+    for _ in 0..200 {
+        assert_eq!(h.send(&line), "");
+        assert!(room(&mut h.s) >= 64 * 1024);
+    }
+    assert_eq!(h.send(b".\r\n"), "250 2.0.0 Queued\r\n");
+    assert_eq!(h.messages[0].data.len(), TRACE.len() + 200 * 1000);
+    assert!(
+        h.s.input_buffer().capacity() <= 8 * 1024,
+        "between messages"
+    );
+}
+
 #[test]
 fn helo_rset_noop_vrfy_help_unknown() {
     let mut h = Harness::new();
