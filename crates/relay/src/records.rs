@@ -156,6 +156,7 @@ impl StoredMessage {
             meta: to_bytes(self),
             body,
             parties: self.parties(),
+            head: self.head_len.unwrap_or(0),
         }
     }
 

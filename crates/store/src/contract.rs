@@ -91,6 +91,10 @@ pub enum Op {
         meta: Vec<u8>,
         body: Vec<u8>,
         parties: Vec<String>,
+        /// How many first octets of the body are read back while the message is acted on (an
+        /// MM's header section: [`Spool::head`]); a store may keep them where they are cheap
+        /// to read. 0: none in particular.
+        head: usize,
     },
     /// Replaces a message's metadata (never its body).
     UpdateMessage {

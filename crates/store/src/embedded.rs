@@ -23,12 +23,14 @@ use crate::writer::{Batch, Job, Writer};
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 /// Bodies of at most [`INLINE`] octets (and every body stored before segment files existed).
 const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
-/// Larger bodies: where each is in the segment files ([`BodyAt`]), then its first [`INLINE`]
-/// octets.
+/// Larger bodies: where each is in the segment files ([`BodyAt`]), then the first octets that
+/// are read back while it is acted on (its `head`, at most [`INLINE`]; earlier builds kept [`INLINE`]
+/// octets of every body, which read the same).
 const BODY_AT: TableDefinition<u64, &[u8]> = TableDefinition::new("body_at");
 /// Bodies up to this size stay in the B-tree: RES mails, reports and DSNs are read back by the
-/// event processor at once, from cached pages. Of larger ones (MMs) this much is kept with
-/// their place: the event processor acts on an MM's header section without touching the disk.
+/// event processor at once, from cached pages. Of larger ones (MMs) up to this much of their
+/// `head` is kept with their place: the event processor acts on an MM's header section
+/// without touching the disk.
 const INLINE: usize = 4096;
 const RECIPIENTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("recipients.v2");
 /// (queue, due at, message, recipient).
@@ -385,6 +387,7 @@ impl Apply {
                 meta,
                 body,
                 parties,
+                head,
             } => {
                 t.messages.insert(*id, meta.as_slice()).map_err(db_err)?;
                 if body.len() <= INLINE {
@@ -394,9 +397,12 @@ impl Apply {
                         what: format!("message {id}"),
                         reason: "body not written".into(),
                     })?;
-                    let mut rec = Vec::with_capacity(BodyAt::ENCODED + INLINE);
+                    // Only what is read back: a 4 KiB record per MM was a page of its own
+                    // in every commit.
+                    let first = &body[..(*head).min(INLINE)];
+                    let mut rec = Vec::with_capacity(BodyAt::ENCODED + first.len());
                     rec.extend_from_slice(&at.encode());
-                    rec.extend_from_slice(&body[..INLINE]);
+                    rec.extend_from_slice(first);
                     t.body_at.insert(*id, rec.as_slice()).map_err(db_err)?;
                 }
                 for party in parties {

@@ -97,6 +97,7 @@ async fn an_older_schema_is_migrated_forward() {
         meta: b"m".to_vec(),
         body: b"b".to_vec(),
         parties: vec!["+15550001".into()],
+        head: 0,
     }])
     .await
     .unwrap();

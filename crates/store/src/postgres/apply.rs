@@ -157,6 +157,8 @@ async fn op_apply(tx: &Transaction<'_>, op: &Op, deltas: &mut Deltas) -> Result<
             meta,
             body,
             parties,
+            // The body is one value here, its first octets read with `substring`.
+            head: _,
         } => {
             let id = *id as i64;
             exec(

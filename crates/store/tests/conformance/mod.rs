@@ -52,6 +52,7 @@ fn put_with(id: MsgId, parties: &[&str]) -> Op {
         meta: format!("meta{id}").into_bytes(),
         body: format!("body{id}").into_bytes(),
         parties: parties.iter().map(ToString::to_string).collect(),
+        head: 0,
     }
 }
 
@@ -660,6 +661,7 @@ pub async fn concurrent_commits_share_syncs(b: &impl Backend) {
                 meta: vec![1],
                 body: vec![0; 10_000],
                 parties: Vec::new(),
+                head: 0,
             }])
             .await
             .unwrap();
@@ -1009,6 +1011,9 @@ pub async fn bodies_of_a_shared_commit_come_back_whole_and_by_their_head(b: &imp
             meta: b"m".to_vec(),
             body,
             parties: vec![],
+            // What the store may keep at hand: nothing, less or more than is read below, or
+            // more than any store keeps.
+            head: [0, 10, 5000, usize::MAX][i % 4],
         }]));
     }
     for c in commits {
