@@ -11,6 +11,7 @@
 //! - [`segments`]: the embedded backend's message bodies, appended a commit batch at a time to
 //!   segment files (`O_DIRECT` where the file system takes it) and synced before the batch's
 //!   metadata commits.
+//! - [`recent`]: the embedded backend's last stored bodies in memory (delivery reads them next).
 //! - [`postgres`]: the backend shared by the nodes of a cluster, claims in the rows.
 //!
 //! The conformance battery in `tests/conformance` states the contract as tests and runs against
@@ -21,6 +22,7 @@ pub mod embedded;
 pub mod lease;
 pub mod pace;
 pub mod postgres;
+pub mod recent;
 pub mod segments;
 pub mod writer;
 

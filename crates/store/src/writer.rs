@@ -25,6 +25,10 @@ pub trait Batch: Send + 'static {
     #[allow(clippy::type_complexity)]
     fn apply(&mut self, jobs: &[Job])
         -> Result<Vec<Result<Vec<OpResult>, StoreError>>, StoreError>;
+
+    /// Called once the batch is durable, before its callers are answered, with each job's
+    /// result: the ops are no longer needed, so what they own may be taken (their bodies).
+    fn committed(&mut self, _jobs: &mut [Job], _results: &[Result<Vec<OpResult>, StoreError>]) {}
 }
 
 /// The writer thread and the queue in front of it.
@@ -93,6 +97,9 @@ fn run<B: Batch>(mut backend: B, rx: mpsc::Receiver<Job>, stats: Arc<Stats>, max
             }
         }
         let results = backend.apply(&batch);
+        if let Ok(r) = &results {
+            backend.committed(&mut batch, r);
+        }
         answer(batch, results, &stats);
     }
 }
