@@ -1,9 +1,10 @@
 //! The bodies most recently stored, kept in memory up to a budget of octets.
 //!
-//! A body written with `O_DIRECT` leaves nothing in the page cache, and the relay sends most
-//! MMs on within moments of their `250`: reading each back from its segment was 30 % of the
-//! relay's CPU on the store-and-forward path (`perf`, BENCHMARKS.md 2026-12-05). The writer
-//! moves a batch's bodies here once the batch is durable (no copy); readers take a copy. Bodies
+//! A body written with `O_DIRECT` leaves nothing in the page cache, and the relay sends an MM
+//! on within moments of its `250`: reading each back from its segment was 30 % of the relay's
+//! CPU on the store-and-forward path (`perf`, BENCHMARKS.md 2026-12-05). The embedded writer
+//! moves the bodies of messages queued for delivery here once their batch is durable (no
+//! copy); readers take a copy. Bodies
 //! never change once stored, so a kept body is never stale; the oldest go first when the budget
 //! is exceeded.
 
