@@ -295,12 +295,10 @@ async fn run_from(
     let plain = cfg.smtp.listen.iter().map(|a| (a, &driver));
     let wrapped = cfg.smtp.listen_tls.iter().map(|a| (a, &implicit));
     for (addr, how) in plain.chain(wrapped) {
-        let l = TcpListener::bind(addr)
-            .await
-            .map_err(|e| ServeError::Bind {
-                addr: addr.to_string(),
-                reason: e.to_string(),
-            })?;
+        let l = smtp_listener(*addr).map_err(|e| ServeError::Bind {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })?;
         smtp_listeners.push((l, how.clone()));
     }
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -371,4 +369,79 @@ async fn run_from(
     drop(store);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Connections a listening SMTP socket completes before the relay accepts them. tokio's
+/// default (1,024) dropped handshakes when a few thousand peers connected at once (10,000
+/// sessions opened at once: ~1 % failed and the rest took ~38 s of SYN retries); the kernel
+/// caps this at `net.core.somaxconn`.
+const SMTP_BACKLOG: u32 = 8192;
+
+fn smtp_listener(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restart may bind while old connections are in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(SMTP_BACKLOG)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// More handshakes than tokio's default backlog (1,024) complete while nobody accepts: a
+    /// burst of peers connecting at once waits in the queue instead of in SYN retries.
+    #[tokio::test]
+    async fn a_burst_of_connections_waits_in_the_accept_queue() {
+        const BURST: usize = 1_500;
+        // Root (the CI) may raise its own limit; the burst needs a descriptor per connection.
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+        unsafe {
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+            let want = (4 * BURST) as libc::rlim_t;
+            if lim.rlim_cur < want {
+                lim.rlim_cur = want;
+                lim.rlim_max = lim.rlim_max.max(want);
+                assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+            }
+        }
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            somaxconn > BURST,
+            "the kernel caps the queue at {somaxconn}"
+        );
+        let listener = smtp_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut tries = tokio::task::JoinSet::new();
+        for _ in 0..BURST {
+            // A deadlock guard, not a measurement: a handshake dropped from a full queue is
+            // retried after a second, and nothing here ever accepts.
+            tries.spawn(tokio::time::timeout(
+                Duration::from_secs(3),
+                tokio::net::TcpStream::connect(addr),
+            ));
+        }
+        let mut open = Vec::new();
+        while let Some(r) = tries.join_next().await {
+            if let Ok(Ok(s)) = r.unwrap() {
+                open.push(s);
+            }
+        }
+        assert_eq!(open.len(), BURST, "connections completed without an accept");
+        drop(listener);
+    }
 }
