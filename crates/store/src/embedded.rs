@@ -25,8 +25,8 @@ const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 /// Bodies of at most [`INLINE`] octets (and every body stored before segment files existed).
 const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
 /// Larger bodies: where each is in the segment files ([`BodyAt`]), then the first octets that
-/// are read back while it is acted on (its `head`, at most [`INLINE`]; earlier builds kept [`INLINE`]
-/// octets of every body, which read the same).
+/// are read back while it is acted on (its `head`, at most [`INLINE`]; earlier builds kept
+/// [`INLINE`] octets of every body, which read the same).
 const BODY_AT: TableDefinition<u64, &[u8]> = TableDefinition::new("body_at");
 /// Bodies up to this size stay in the B-tree: RES mails, reports and DSNs are read back by the
 /// event processor at once, from cached pages. Of larger ones (MMs) up to this much of their
