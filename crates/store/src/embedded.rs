@@ -70,7 +70,7 @@ struct Shared {
     /// Spacing of work per key (one process: in memory).
     pacer: crate::pace::Pacer,
     bodies: segments::Reader,
-    /// The bodies just stored: what outbound delivery reads next.
+    /// The bodies just queued for delivery: what outbound delivery reads next.
     recent: Recent,
 }
 
