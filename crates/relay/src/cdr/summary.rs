@@ -1,7 +1,8 @@
 //! What the day files hold, counted by record type and peer for the console — incrementally: a
 //! day's counts remember how many bytes of its file they cover, and a later look reads only
 //! what was appended since (the files only grow). The exporter brings a day's counts up to date
-//! after each batch it appends, and the counts are kept apart from the day files (in
+//! after each batch it appends (in memory; on disk again after each further [`KEEP_EVERY`]
+//! of file), and the counts are kept apart from the day files (in
 //! `<data>/cdr-counts/`: whatever collects `<data>/cdr/` for billing finds only records there) —
 //! a cache: without it, or when it covers more than the file holds, the day is counted again
 //! from its start —, so a page never reads a whole day. Also the day's
