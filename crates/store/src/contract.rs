@@ -293,6 +293,9 @@ pub struct Stats {
     pub commits: AtomicU64,
     /// Write transactions made durable (each one fsync on the embedded store).
     pub syncs: AtomicU64,
+    /// Write transactions the database aborted for another one's sake (crossed locks) and
+    /// that were written again (PostgreSQL).
+    pub retries: AtomicU64,
 }
 
 /// What only a backend on a local disk can say about itself.

@@ -1,9 +1,10 @@
-//! Group commit on PostgreSQL: one task takes every commit that queued up while the previous
-//! transaction was committing and applies them in one transaction — one WAL flush for many
-//! sessions' messages. An all-or-nothing commit runs inside a savepoint, rolled back when one of
-//! its guards fails.
+//! Group commit on PostgreSQL: a writer task takes every commit that queued up while it was
+//! last writing and applies them in one transaction — one WAL flush for many sessions'
+//! messages. [`WRITERS`] such tasks share the queue, so one batch is built and sent while
+//! another waits on its statements' round trips and its commit. An all-or-nothing commit runs
+//! inside a savepoint, rolled back when one of its guards fails. A batch the database aborted
+//! for another transaction's sake (crossed locks: a deadlock) is written again.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -19,50 +20,121 @@ use crate::writer::{answer, Job};
 /// Most commits one transaction carries.
 const MAX_BATCH: usize = 512;
 
-type Deltas = HashMap<String, i64>;
+/// Queue depth changes, by queue: sorted, so that concurrent transactions lock the depth rows
+/// in one order (and never deadlock on them).
+type Deltas = std::collections::BTreeMap<String, i64>;
 
 fn db(e: tokio_postgres::Error) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
-/// The writer task: runs until every sender is gone.
+/// Transactions one node has under way at once: with one, the database sat waiting on our
+/// round trips between statements while the next batch queued. Each holds one of the pool's
+/// connections while it writes.
+pub const WRITERS: usize = 2;
+
+/// A writer task (one of [`WRITERS`], sharing `rx`): runs until every sender is gone.
 pub async fn run(
     pool: Pool,
     node: String,
-    mut rx: mpsc::UnboundedReceiver<Job>,
+    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Job>>>,
     stats: Arc<Stats>,
     up: Arc<std::sync::atomic::AtomicBool>,
 ) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
+    loop {
+        let batch = {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(j) => batch.push(j),
+                    Err(_) => break,
+                }
             }
-        }
-        let written = write(&pool, &node, &batch).await;
+            batch
+        };
+        let written = write_retrying(&pool, &node, &batch, &stats).await;
         up.store(written.is_ok(), Ordering::Relaxed);
         answer(batch, written, &stats);
     }
 }
 
-#[allow(clippy::type_complexity)]
-async fn write(
+/// How often a batch whose transaction PostgreSQL chose to abort is written again.
+const RETRIES: usize = 3;
+
+/// Why a batch's transaction did not commit.
+#[derive(Debug)]
+enum WriteError {
+    /// No connection to write with.
+    Pool(String),
+    Db(Error),
+}
+
+impl From<Error> for WriteError {
+    fn from(e: Error) -> Self {
+        WriteError::Db(e)
+    }
+}
+
+impl WriteError {
+    /// Aborted for what another transaction did meanwhile (locks taken in crossed order —
+    /// our other writer, or another node —, or a serialization failure): nothing of it was
+    /// applied, and the same batch can commit on its own.
+    fn retryable(&self) -> bool {
+        use tokio_postgres::error::SqlState;
+        matches!(self, WriteError::Db(e) if matches!(
+            e.code(),
+            Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED
+                || *c == SqlState::T_R_SERIALIZATION_FAILURE
+        ))
+    }
+}
+
+impl From<WriteError> for StoreError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Pool(e) => StoreError::Db(e),
+            WriteError::Db(e) => db(e),
+        }
+    }
+}
+
+type Written = Vec<Result<Vec<OpResult>, StoreError>>;
+
+/// [`write`], again when PostgreSQL aborted it for another transaction's sake.
+async fn write_retrying(
     pool: &Pool,
     node: &str,
     batch: &[Job],
-) -> Result<Vec<Result<Vec<OpResult>, StoreError>>, StoreError> {
+    stats: &Stats,
+) -> Result<Written, StoreError> {
+    let mut tries = 0;
+    loop {
+        match write(pool, node, batch).await {
+            Err(e) if e.retryable() && tries < RETRIES => {
+                tries += 1;
+                stats.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %StoreError::from(e), tries, "commit aborted by the database; written again");
+            }
+            r => return r.map_err(StoreError::from),
+        }
+    }
+}
+
+async fn write(pool: &Pool, node: &str, batch: &[Job]) -> Result<Written, WriteError> {
     let mut client = pool
         .get()
         .await
-        .map_err(|e| StoreError::Db(e.to_string()))?;
-    let mut tx = client.transaction().await.map_err(db)?;
+        .map_err(|e| WriteError::Pool(e.to_string()))?;
+    let mut tx = client.transaction().await?;
     let mut all = Vec::with_capacity(batch.len());
     let mut deltas = Deltas::new();
     for job in batch {
         if job.all_or_nothing {
-            let sp = tx.savepoint("job").await.map_err(db)?;
+            let sp = tx.savepoint("job").await?;
             let mut mine = Deltas::new();
             let mut results = Vec::with_capacity(job.ops.len());
             let mut refused = false;
@@ -70,7 +142,7 @@ async fn write(
                 let r = if op.depends_on_nothing_applied(&results) {
                     OpResult::Conflict
                 } else {
-                    op_apply(&sp, op, &mut mine).await.map_err(db)?
+                    op_apply(&sp, op, &mut mine).await?
                 };
                 if r == OpResult::Conflict {
                     refused = true;
@@ -79,10 +151,10 @@ async fn write(
                 results.push(r);
             }
             if refused {
-                sp.rollback().await.map_err(db)?;
+                sp.rollback().await?;
                 all.push(Err(StoreError::Conflict));
             } else {
-                sp.commit().await.map_err(db)?;
+                sp.commit().await?;
                 merge(&mut deltas, mine);
                 all.push(Ok(results));
             }
@@ -92,7 +164,7 @@ async fn write(
                 let r = if op.depends_on_nothing_applied(&results) {
                     OpResult::Conflict
                 } else {
-                    op_apply(&tx, op, &mut deltas).await.map_err(db)?
+                    op_apply(&tx, op, &mut deltas).await?
                 };
                 results.push(r);
             }
@@ -106,11 +178,10 @@ async fn write(
              ON CONFLICT (queue, node) DO UPDATE SET depth = queue_depth.depth + EXCLUDED.depth",
             &[&queue, &node, &d],
         )
-        .await
-        .map_err(db)?;
+        .await?;
     }
     // Claims live in the rows: a claim ends in the same commit as the write that finishes it.
-    tx.commit().await.map_err(db)?;
+    tx.commit().await?;
     Ok(all)
 }
 

@@ -108,13 +108,16 @@ impl Postgres {
         let stats = Arc::new(Stats::default());
         let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(apply::run(
-            pool.clone(),
-            node.to_string(),
-            rx,
-            stats.clone(),
-            up.clone(),
-        ));
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..apply::WRITERS {
+            tokio::spawn(apply::run(
+                pool.clone(),
+                node.to_string(),
+                rx.clone(),
+                stats.clone(),
+                up.clone(),
+            ));
+        }
         Ok(Postgres {
             pool,
             jobs: tx,
