@@ -184,6 +184,7 @@ async fn run_from(
         wake: vec![events_wake.clone(), outbound.wake.clone()],
         metrics: outbound.metrics.clone(),
         clock: clock.clone(),
+        sightings: Default::default(),
     });
     let events = Arc::new(relay::events::Events {
         store: spool.clone(),

@@ -77,6 +77,8 @@ pub struct Inbound {
     pub wake: Vec<Arc<tokio::sync::Notify>>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub clock: Arc<dyn crate::clock::Clock>,
+    /// What was last written of each peer's dialect (written again on a change).
+    pub sightings: crate::sightings::Sightings,
 }
 
 /// What a message becomes: the commit that stores it and the reply once it is durable.
@@ -359,29 +361,45 @@ impl Inbound {
     }
 
     /// What a PDU shows of its sender's dialect, kept per domain for `GET /v1/peers`: its
-    /// version, quoting and address form; the status and read-reply headers where it used one.
+    /// version, quoting and address form; the status and read-reply headers where it used one
+    /// — each written when it differs from what was last written (see [`crate::sightings`]).
     fn learned(&self, domain: &str, pdu: &mm4::Pdu<'_>, data: &[u8]) -> Vec<Op> {
         use crate::keys::CapabilityKey;
         let seen = mm4::dialect::observe(data);
         let at = self.clock.now_ms();
-        let record = |v: serde_json::Value| v.to_string().into_bytes();
-        let mut ops = vec![Op::PutCapability {
-            peer: CapabilityKey::Seen(domain).to_string(),
-            record: record(serde_json::json!({
-                "at": at, "version": pdu.version.to_string(),
-                "message_type": pdu.message_type().as_str(),
+        let mut ops = Vec::new();
+        // Compared without the PDU it was read from (its time and type): only the dialect.
+        let message_type = pdu.message_type().as_str();
+        let mut keep = |key: CapabilityKey<'_>, mut record: serde_json::Value| {
+            let seen_record = matches!(key, CapabilityKey::Seen(_));
+            let key = key.to_string();
+            if self.sightings.due(&key, record.to_string().as_bytes(), at) {
+                record["at"] = at.into();
+                if seen_record {
+                    record["message_type"] = message_type.into();
+                }
+                ops.push(Op::PutCapability {
+                    peer: key,
+                    record: record.to_string().into_bytes(),
+                });
+            }
+        };
+        keep(
+            CapabilityKey::Seen(domain),
+            serde_json::json!({
+                "version": pdu.version.to_string(),
                 "quoted_ids": seen.quoted_ids, "address_form": seen.address_form,
-            })),
-        }];
+            }),
+        );
         for (which, header) in [
             ("status-header", seen.status_header),
             ("read-reply-header", seen.read_reply_header),
         ] {
             if let Some(h) = header {
-                ops.push(Op::PutCapability {
-                    peer: CapabilityKey::SeenHeader(domain, which).to_string(),
-                    record: record(serde_json::json!({"at": at, "header": h})),
-                });
+                keep(
+                    CapabilityKey::SeenHeader(domain, which),
+                    serde_json::json!({ "header": h }),
+                );
             }
         }
         ops

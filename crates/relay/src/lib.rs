@@ -22,6 +22,7 @@ pub mod profile;
 pub mod records;
 pub mod reload;
 pub mod routing;
+pub mod sightings;
 pub mod submit;
 pub mod tls;
 pub mod traffic;
