@@ -368,19 +368,17 @@ impl Inbound {
         let seen = mm4::dialect::observe(data);
         let at = self.clock.now_ms();
         let mut ops = Vec::new();
-        // Compared without the PDU it was read from (its time and type): only the dialect.
-        let message_type = pdu.message_type().as_str();
-        let mut keep = |key: CapabilityKey<'_>, mut record: serde_json::Value| {
-            let seen_record = matches!(key, CapabilityKey::Seen(_));
+        // `dialect` is compared with what was last written; `sample` (which PDU showed it, and
+        // when) is only written beside it.
+        let mut keep = |key: CapabilityKey<'_>, mut dialect: serde_json::Value, sample| {
             let key = key.to_string();
-            if self.sightings.due(&key, record.to_string().as_bytes(), at) {
-                record["at"] = at.into();
-                if seen_record {
-                    record["message_type"] = message_type.into();
+            if self.sightings.due(&key, dialect.to_string().as_bytes(), at) {
+                if let (Some(d), serde_json::Value::Object(s)) = (dialect.as_object_mut(), sample) {
+                    d.extend(s);
                 }
                 ops.push(Op::PutCapability {
                     peer: key,
-                    record: record.to_string().into_bytes(),
+                    record: dialect.to_string().into_bytes(),
                 });
             }
         };
@@ -390,6 +388,7 @@ impl Inbound {
                 "version": pdu.version.to_string(),
                 "quoted_ids": seen.quoted_ids, "address_form": seen.address_form,
             }),
+            serde_json::json!({ "at": at, "message_type": pdu.message_type().as_str() }),
         );
         for (which, header) in [
             ("status-header", seen.status_header),
@@ -399,6 +398,7 @@ impl Inbound {
                 keep(
                     CapabilityKey::SeenHeader(domain, which),
                     serde_json::json!({ "header": h }),
+                    serde_json::json!({ "at": at }),
                 );
             }
         }

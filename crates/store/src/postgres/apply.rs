@@ -117,7 +117,8 @@ async fn write_retrying(
             Err(e) if e.retryable() && tries < RETRIES => {
                 tries += 1;
                 stats.retries.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %StoreError::from(e), tries, "commit aborted by the database; written again");
+                let error = StoreError::from(e);
+                tracing::warn!(%error, tries, "commit aborted by the database; written again");
             }
             r => return r.map_err(StoreError::from),
         }
